@@ -1,0 +1,26 @@
+"""Models: any Hugging Face causal LM as a policy, reward models, value functions, tiny models.
+
+- `loading`: tokenizer with a pad token distinct from EOS, left padding; causal LMs that
+  agree with it; `disable_dropout`.
+- `trunk`: the transformer under a head, run with position ids from the attention mask.
+- `reward`: a sequence-classification model with one output, read at the last real token.
+- `value`: a separate critic (`ValueModel`) or a value head on the policy (`PolicyWithValueHead`).
+- `tiny`: an offline byte-level BPE tokenizer and random tiny GPT-2 / Llama models.
+"""
+
+from rlhfkit.models.loading import (disable_dropout, load_causal_lm, load_policy,
+                                    load_tokenizer)
+from rlhfkit.models.reward import (get_score_stats, init_reward_model, last_token_index,
+                                   load_reward_model, score_sequences, set_score_stats)
+from rlhfkit.models.tiny import build_tiny_model, train_tokenizer
+from rlhfkit.models.trunk import score_head, trunk, trunk_hidden_states
+from rlhfkit.models.value import PolicyWithValueHead, ValueModel
+
+__all__ = [
+    "load_tokenizer", "load_causal_lm", "load_policy", "disable_dropout",
+    "init_reward_model", "load_reward_model", "score_sequences", "last_token_index",
+    "set_score_stats", "get_score_stats",
+    "trunk", "score_head", "trunk_hidden_states",
+    "PolicyWithValueHead", "ValueModel",
+    "build_tiny_model", "train_tokenizer",
+]

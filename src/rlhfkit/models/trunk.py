@@ -1,0 +1,50 @@
+"""The transformer trunk under a head, run with position ids from the attention mask.
+
+Reward models, value models and the policy's value head all need the trunk's last hidden
+states. Position ids come from the attention mask (cumulative sum), so a token's hidden
+state does not depend on how much padding sits to its left (N detail: left padding).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlhfkit.core import position_ids_from_mask
+from rlhfkit.errors import RlhfkitError
+
+
+def trunk(model: nn.Module) -> nn.Module:
+    """The transformer under the head: `model.transformer` (GPT-2), `model.model` (Llama), ...
+
+    Found through transformers' `base_model`; a PEFT wrapper is unwrapped first.
+    """
+    if hasattr(model, "get_base_model"):  # peft.PeftModel: the transformers model inside
+        model = model.get_base_model()
+    base = getattr(model, "base_model", None)
+    if base is None:
+        raise RlhfkitError(f"{type(model).__name__} has no transformer trunk (base_model)")
+    return base
+
+
+def score_head(model: nn.Module) -> nn.Linear:
+    """The scalar head of a sequence-classification model (`model.score` for GPT-2, Llama, ...)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    head = getattr(model, "score", None)
+    if head is None:
+        raise RlhfkitError(f"{type(model).__name__} has no 'score' head: not a reward model "
+                           "(load it with AutoModelForSequenceClassification, num_labels=1)")
+    return head
+
+
+def trunk_hidden_states(model: nn.Module, input_ids: torch.Tensor,
+                        attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states of `model`'s trunk, position ids from the mask: (B, L) -> (B, L, H).
+
+    Any padding side works: padded positions are masked out as keys, and real tokens get
+    positions 0, 1, 2, ... whatever padding precedes them.
+    """
+    out = trunk(model)(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return out.last_hidden_state

@@ -1,0 +1,81 @@
+"""The sampling loop on real tiny transformers models."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhfkit.generation import Sampling, filter_logits, response_mask_after_eos, sample_responses
+
+
+def test_filter_logits_top_k_and_top_p_by_hand():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    # the top two tokens reach 0.8 >= 0.7: the rest are dropped
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
+    assert not torch.isinf(filter_logits(logits)).any()
+
+
+def test_response_mask_keeps_the_first_eos_and_drops_what_follows():
+    ids = torch.tensor([[5, 6, 2, 7, 2], [5, 5, 5, 5, 5], [2, 9, 9, 9, 9]])
+    assert response_mask_after_eos(ids, eos_token_id=2).tolist() == [
+        [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def model_and_tokenizer(request, tiny_gpt2_dir, tiny_llama_dir):
+    folder = tiny_gpt2_dir if request.param == "gpt2" else tiny_llama_dir
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def encode(tok, texts):
+    enc = tok(texts, return_tensors="pt", padding=True)
+    return enc.input_ids, enc.attention_mask
+
+
+def test_greedy_sampling_matches_transformers_generate(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    ids, mask = encode(tok, ["the cat likes", "a dog", "What is 3 + 4?"])
+    ours, _, _ = sample_responses(model, ids, mask, Sampling(max_new_tokens=8, temperature=0),
+                                  eos_token_id=-1, pad_token_id=tok.pad_token_id)
+    theirs = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                            pad_token_id=tok.pad_token_id, eos_token_id=None)
+    assert torch.equal(ours, theirs[:, ids.shape[1]:])
+
+
+def test_left_padding_and_batch_neighbours_never_change_the_response(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    greedy = Sampling(max_new_tokens=6, temperature=0)
+    alone, _, _ = sample_responses(model, *encode(tok, ["a dog"]), greedy, -1, tok.pad_token_id)
+    batched, _, _ = sample_responses(model, *encode(tok, ["What is 12 + 30? The answer", "a dog"]),
+                                     greedy, -1, tok.pad_token_id)
+    assert torch.equal(batched[1], alone[0])
+
+
+def test_stops_at_eos_pads_after_it_and_ends_when_all_rows_are_done(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    ids, mask = encode(tok, ["the cat likes"] * 3)
+    greedy = Sampling(max_new_tokens=10, temperature=0)
+    free, _, _ = sample_responses(model, ids, mask, greedy, -1, tok.pad_token_id)
+    stop = int(free[0, 2])  # declare the third greedy token to be the EOS
+    first = int((free[0] == stop).nonzero()[0])
+    resp, resp_mask, has_eos = sample_responses(model, ids, mask, greedy, stop, tok.pad_token_id)
+    assert resp.shape[1] == first + 1  # the loop ended as soon as every row stopped
+    assert has_eos.all() and resp_mask.sum(-1).tolist() == [first + 1] * 3
+
+
+def test_sampling_is_reproducible_with_a_generator(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    ids, mask = encode(tok, ["the cat likes", "a dog"])
+    draw = lambda seed: sample_responses(model, ids, mask, Sampling(max_new_tokens=8, temperature=1.0),
+                                         tok.eos_token_id, tok.pad_token_id,
+                                         torch.Generator().manual_seed(seed))[0]
+    assert torch.equal(draw(3), draw(3))
+    assert not torch.equal(draw(3), draw(4))
+
+
+def test_a_model_in_training_mode_is_refused(tiny_gpt2_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).train()
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    with pytest.raises(RuntimeError, match="dropout on"):
+        sample_responses(model, *encode(tok, ["a dog"]), Sampling(), tok.eos_token_id, tok.pad_token_id)
