@@ -1,0 +1,241 @@
+"""Tokenization and batching of prompts, demonstrations and preference pairs.
+
+One tokenization everywhere (SFT, reward model, PPO): the prompt and the response are
+encoded *separately* and concatenated, exactly as a response is generated after a prompt.
+
+    prompt ids    [BOS] + encode(prompt)         BOS only if the tokenizer has one and the
+                                                 text (e.g. a chat template) lacks it
+    response ids  encode(response) + [EOS]       EOS so the model learns to stop (not added
+                                                 twice when the text already ends with it)
+
+Nothing is added by the tokenizer itself (`add_special_tokens=False`), so a tokenizer that
+adds BOS and one that does not give the same ids.
+
+Too-long rows lose the *start* of the prompt (the end is what the response continues),
+keeping a leading BOS; only if the response alone is too long is it cut on the right.
+
+    collate_prompts       LEFT-padded: generation appends on the right, and position ids
+                          from the mask make padding invisible (N implementation detail)
+    collate_sft / _preferences  RIGHT-padded: plain default positions are right, and the
+                          last real token (where a reward model reads its score) is at
+                          attention_mask.sum(-1) - 1
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.core import position_ids_from_mask
+from rlhfkit.data.formats import PreferencePair, SFTExample
+from rlhfkit.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+ON_LONG = ("truncate", "error")
+
+
+# ---------------------------------------------------------------------------- encoding
+
+def encode_prompt(text: str, tokenizer) -> list[int]:
+    """[BOS] + ids of `text` (BOS only when the tokenizer has one and `text` lacks it)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[:1] != [bos]:
+        ids = [bos] + ids
+    return ids
+
+
+def encode_response(text: str, tokenizer) -> list[int]:
+    """ids of `text` + [EOS] (not doubled when `text` already ends with the EOS token)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("tokenizer: it has no eos_token; rlhfkit needs one to end a response")
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids if ids[-1:] == [eos] else ids + [eos]
+
+
+def truncate_left(ids: list[int], max_len: int, bos_token_id: int | None) -> list[int]:
+    """The last `max_len` tokens of `ids`; a leading BOS stays first (it counts in max_len)."""
+    if len(ids) <= max_len:
+        return ids
+    if max_len <= 0:
+        return []
+    if bos_token_id is not None and ids[0] == bos_token_id:
+        return [bos_token_id] + ids[len(ids) - (max_len - 1):]
+    return ids[len(ids) - max_len:]
+
+
+def _check_length(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}: got {value!r}, expected a positive integer")
+
+
+def _fit(prompt: list[int], responses: list[list[int]], max_length: int,
+         bos: int | None) -> tuple[list[int], list[list[int]], bool]:
+    """Cut `prompt` from the left so prompt + the longest response fits `max_length`;
+    then cut any response still too long on the right. Returns (prompt, responses, cut?)."""
+    budget = max_length - max(len(r) for r in responses)
+    cut = len(prompt) > budget
+    if cut:
+        keep_bos = int(bos is not None and prompt[:1] == [bos])  # even if the response is long
+        prompt = truncate_left(prompt, max(budget, keep_bos), bos)
+    room = max_length - len(prompt)
+    return prompt, [r[:room] for r in responses], cut
+
+
+def _warn_truncated(count: int, total: int, what: str, limit: str) -> None:
+    if count:
+        log.warning("truncated %d of %d %s to %s (the start of the prompt was dropped)",
+                    count, total, what, limit)
+
+
+# ---------------------------------------------------------------------------- prompts
+
+def tokenize_prompts(prompts: list[str], tokenizer, max_prompt_length: int,
+                     on_long: str = "truncate") -> tuple[list[list[int]], int]:
+    """Encode prompts (see `encode_prompt`); those over `max_prompt_length` tokens keep
+    their last tokens ("truncate") or raise `DataError` ("error").
+
+    Returns (token id lists, number truncated).
+    """
+    if on_long not in ON_LONG:
+        raise ConfigError(f"on_long: got {on_long!r}, expected one of {', '.join(ON_LONG)}")
+    _check_length("max_prompt_length", max_prompt_length)
+    token_lists, num_truncated = [], 0
+    for i, prompt in enumerate(prompts):
+        ids = encode_prompt(prompt, tokenizer)
+        if not ids:
+            raise DataError("prompts", None, None, f"prompt {i} encodes to no tokens")
+        if len(ids) > max_prompt_length:
+            if on_long == "error":
+                raise DataError("prompts", None, None,
+                                f"prompt {i} has {len(ids)} tokens, more than "
+                                f"max_prompt_length={max_prompt_length} (on_long='error')")
+            ids = truncate_left(ids, max_prompt_length, tokenizer.bos_token_id)
+            num_truncated += 1
+        token_lists.append(ids)
+    _warn_truncated(num_truncated, len(prompts), "prompts",
+                    f"max_prompt_length={max_prompt_length}")
+    return token_lists, num_truncated
+
+
+def _pad(rows: list[list[int]], value: int, length: int, left: bool) -> torch.Tensor:
+    """(B, length) long tensor of `rows`, each padded with `value` on one side."""
+    padded = [[value] * (length - len(r)) + r if left else r + [value] * (length - len(r))
+              for r in rows]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def collate_prompts(token_lists: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """LEFT-pad prompts to the longest one of the batch.
+
+    Returns input_ids (B, P), attention_mask (B, P) with 1 on real tokens, and
+    position_ids (B, P) counting from 0 at each row's first real token.
+
+        [[5, 6, 7], [8]]  ->  input_ids [[5, 6, 7], [pad, pad, 8]]
+                              attention_mask [[1, 1, 1], [0, 0, 1]]
+                              position_ids [[0, 1, 2], [0, 0, 0]]
+    """
+    if not token_lists:
+        raise ValueError("collate_prompts: empty batch")
+    length = max(len(ids) for ids in token_lists)
+    input_ids = _pad(token_lists, pad_token_id, length, left=True)
+    attention_mask = _pad([[1] * len(ids) for ids in token_lists], 0, length, left=True)
+    return dict(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask))
+
+
+# ---------------------------------------------------------------------------- SFT
+
+@dataclass
+class TokenizedSFT:
+    """One demonstration as ids. loss_mask[t] = 1 where input_ids[t] is a completion token
+    or the final EOS (a target of the loss; the loss shifts by one itself)."""
+    input_ids: list[int]
+    loss_mask: list[int]
+
+
+def tokenize_sft(examples: list[SFTExample], tokenizer,
+                 max_length: int) -> tuple[list[TokenizedSFT], int]:
+    """[BOS] prompt | completion EOS, at most `max_length` tokens; (items, number truncated)."""
+    _check_length("max_length", max_length)
+    items, num_truncated = [], 0
+    for example in examples:
+        prompt, (completion,), cut = _fit(encode_prompt(example.prompt, tokenizer),
+                                          [encode_response(example.completion, tokenizer)],
+                                          max_length, tokenizer.bos_token_id)
+        num_truncated += cut
+        items.append(TokenizedSFT(prompt + completion, [0] * len(prompt) + [1] * len(completion)))
+    _warn_truncated(num_truncated, len(examples), "SFT examples", f"max_length={max_length}")
+    return items, num_truncated
+
+
+def collate_sft(items: list[TokenizedSFT], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """RIGHT-pad to the longest row: input_ids, attention_mask, position_ids, loss_mask,
+    all (B, L); loss_mask is 0 on prompt and padding."""
+    if not items:
+        raise ValueError("collate_sft: empty batch")
+    length = max(len(item.input_ids) for item in items)
+    input_ids = _pad([item.input_ids for item in items], pad_token_id, length, left=False)
+    attention_mask = _pad([[1] * len(item.input_ids) for item in items], 0, length, left=False)
+    loss_mask = _pad([item.loss_mask for item in items], 0, length, left=False)
+    return dict(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), loss_mask=loss_mask)
+
+
+# ---------------------------------------------------------------------------- preferences
+
+@dataclass
+class TokenizedPair:
+    """A preference pair as ids: the same prompt ids, then each response and EOS."""
+    chosen_input_ids: list[int]
+    rejected_input_ids: list[int]
+    margin: float | None = None
+
+
+def tokenize_preferences(pairs: list[PreferencePair], tokenizer,
+                         max_length: int) -> tuple[list[TokenizedPair], int]:
+    """[BOS] prompt | response EOS for both responses, at most `max_length` tokens each.
+
+    The prompt is cut once, for the longer response, so both rows of a pair see the very
+    same prompt (the comparison must differ only in the response). (items, number truncated).
+    """
+    _check_length("max_length", max_length)
+    items, num_truncated = [], 0
+    for pair in pairs:
+        responses = [encode_response(pair.chosen, tokenizer),
+                     encode_response(pair.rejected, tokenizer)]
+        prompt, (chosen, rejected), cut = _fit(encode_prompt(pair.prompt, tokenizer),
+                                               responses, max_length, tokenizer.bos_token_id)
+        num_truncated += cut
+        items.append(TokenizedPair(prompt + chosen, prompt + rejected, pair.margin))
+    _warn_truncated(num_truncated, len(pairs), "preference pairs", f"max_length={max_length}")
+    return items, num_truncated
+
+
+def collate_preferences(items: list[TokenizedPair],
+                        pad_token_id: int) -> dict[str, torch.Tensor | None]:
+    """RIGHT-pad chosen and rejected rows to one length L, the longest row of the batch
+    (so a model may score torch.cat([chosen, rejected]) in one forward pass).
+
+    Returns chosen_input_ids, chosen_attention_mask, rejected_input_ids,
+    rejected_attention_mask, all (B, L), and margin (B,) float, or None when no pair has
+    one (a pair without margin gets 0.0, the plain Bradley-Terry loss).
+    """
+    if not items:
+        raise ValueError("collate_preferences: empty batch")
+    chosen = [item.chosen_input_ids for item in items]
+    rejected = [item.rejected_input_ids for item in items]
+    length = max(len(ids) for ids in chosen + rejected)
+    batch = {}
+    for name, rows in (("chosen", chosen), ("rejected", rejected)):
+        batch[f"{name}_input_ids"] = _pad(rows, pad_token_id, length, left=False)
+        batch[f"{name}_attention_mask"] = _pad([[1] * len(r) for r in rows], 0, length,
+                                               left=False)
+    margins = [item.margin for item in items]
+    batch["margin"] = (None if all(m is None for m in margins) else
+                       torch.tensor([0.0 if m is None else m for m in margins]))
+    return batch
