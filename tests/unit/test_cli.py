@@ -73,7 +73,9 @@ def test_command_help_lists_every_option_with_its_default():
 
 
 def test_unknown_command_is_one_line_exit_2():
-    expected = "unknown command 'metric'; did you mean 'metrics'? (commands: metrics)"
+    from rlhfkit.cli import commands
+    listed = ", ".join(c.name for c in commands() if not c.name.startswith("test-"))
+    expected = f"unknown command 'metric'; did you mean 'metrics'? (commands: {listed})"
     assert_one_line_error(rlhfkit("metric"), expected)
 
 

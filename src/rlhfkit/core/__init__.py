@@ -12,7 +12,7 @@ Each function's docstring gives its formula, its source and its shapes
     losses.py      Bradley–Terry, REINFORCE, PPO clipped policy and value losses, reductions
 """
 
-from rlhfkit.core.advantages import (SEQUENCE_ADVANTAGES, gae, grpo_advantages,
+from rlhfkit.core.advantages import (ADVANTAGE_ESTIMATORS, SEQUENCE_ADVANTAGES, gae, grpo_advantages,
                                      reinforce_advantages, rloo_advantages)
 from rlhfkit.core.kl import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController,
                              kl_estimate)
@@ -26,7 +26,7 @@ from rlhfkit.core.rewards import (apply_missing_eos_penalty, discounted_returns,
                                   last_token_index, per_token_rewards)
 
 __all__ = [
-    "SEQUENCE_ADVANTAGES", "gae", "grpo_advantages", "reinforce_advantages", "rloo_advantages",
+    "ADVANTAGE_ESTIMATORS", "SEQUENCE_ADVANTAGES", "gae", "grpo_advantages", "reinforce_advantages", "rloo_advantages",
     "KL_ESTIMATORS", "AdaptiveKLController", "FixedKLController", "kl_estimate",
     "entropy_from_logits", "logprobs_from_logits",
     "REDUCTIONS", "explained_variance", "policy_gradient_loss", "ppo_policy_loss",

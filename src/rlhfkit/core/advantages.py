@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from rlhfkit.core._checks import check_group_size, check_ndim, check_same_shape
+from rlhfkit.core.rewards import discounted_returns
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor,
@@ -110,4 +111,54 @@ SEQUENCE_ADVANTAGES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "reinforce": reinforce_advantages,
     "rloo": rloo_advantages,
     "grpo": grpo_advantages,
+}
+
+
+# ---- one advantage function per algorithm --------------------------------------------------
+# Every estimator maps per-token rewards (B, T) — the score at the last token plus any KL
+# penalty — to (advantages (B, T), returns (B, T) or None). Sequence-level estimators use the
+# episode return Σ_t γ^t r_t, and give every token of a response its sequence's advantage.
+
+def _episode_return(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    return discounted_returns(rewards, response_mask, gamma)[:, 0]
+
+
+def _broadcast(seq_advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(response_mask.bool(), seq_advantages[:, None],
+                       torch.zeros((), dtype=seq_advantages.dtype, device=seq_advantages.device))
+
+
+def ppo_advantages(rewards, values, response_mask, *, gamma, lam, group_size):
+    """PPO: GAE over the critic's values; returns are the value targets."""
+    if values is None:
+        raise ValueError("values: PPO's advantages need a value function (a critic or a value head)")
+    return gae(rewards, values, response_mask, gamma, lam)
+
+
+def reinforce_with_baseline(rewards, values, response_mask, *, gamma, lam, group_size):
+    """REINFORCE with a baseline: with a learned value, A_t = G_t − V(s_t) (GAE at λ = 1,
+    and the value learns G_t); without one, the batch-mean episode return is the baseline."""
+    if values is not None:
+        return gae(rewards, values, response_mask, gamma, 1.0)
+    seq = reinforce_advantages(_episode_return(rewards, response_mask, gamma))
+    return _broadcast(seq, response_mask), None
+
+
+def rloo_estimator(rewards, values, response_mask, *, gamma, lam, group_size):
+    """RLOO: leave-one-out baseline over the G samples of each prompt."""
+    seq = rloo_advantages(_episode_return(rewards, response_mask, gamma), group_size)
+    return _broadcast(seq, response_mask), None
+
+
+def grpo_estimator(rewards, values, response_mask, *, gamma, lam, group_size):
+    """GRPO: episode returns normalised within each group of G samples."""
+    seq = grpo_advantages(_episode_return(rewards, response_mask, gamma), group_size)
+    return _broadcast(seq, response_mask), None
+
+
+ADVANTAGE_ESTIMATORS = {
+    "ppo": ppo_advantages,
+    "reinforce": reinforce_with_baseline,
+    "rloo": rloo_estimator,
+    "grpo": grpo_estimator,
 }

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from rlhfkit.core import position_ids_from_mask
 from rlhfkit.errors import RlhfkitError
@@ -63,19 +63,26 @@ class ValueModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, tokenizer=None, dtype="auto",
                         trust_remote_code: bool = False) -> "ValueModel":
-        """Load a critic from a reward-model or saved value-model folder.
+        """Load a critic from a reward-model or saved value-model folder, or start one from
+        a causal LM's trunk (the head is then new: zero-initialised, so V = 0 at first).
 
         `tokenizer` (default: the folder's own, via `load_tokenizer`) sets the pad id and
         the embedding size.
         """
         if tokenizer is None:
             tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
-        model = from_pretrained(AutoModelForSequenceClassification, name_or_path,
+        config = from_pretrained(AutoConfig, name_or_path, trust_remote_code=trust_remote_code)
+        is_classifier = any(a.endswith("ForSequenceClassification")
+                            for a in getattr(config, "architectures", None) or [])
+        if is_classifier and config.num_labels != 1:
+            raise RlhfkitError(f"'{name_or_path}' has a head with {config.num_labels} outputs; "
+                               "a value model needs exactly one (num_labels=1)")
+        model = from_pretrained(AutoModelForSequenceClassification, name_or_path, num_labels=1,
                                 dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
-        if score_head(model).out_features != 1:
-            raise RlhfkitError(f"'{name_or_path}' has a head with "
-                               f"{score_head(model).out_features} outputs; a value model "
-                               "needs exactly one (num_labels=1)")
+        if not is_classifier:
+            nn.init.zeros_(score_head(model).weight)
+            if score_head(model).bias is not None:
+                nn.init.zeros_(score_head(model).bias)
         fit_to_tokenizer(model, tokenizer)
         return cls(model)
 

@@ -1,0 +1,467 @@
+"""The RL stage of RLHF: PPO with GAE and a KL penalty, and the critic-free family
+(REINFORCE with a baseline, RLOO, GRPO) on the same rollouts.
+
+One update, as the lecture draws it:
+
+    1. rollout    sample responses to a batch of prompts with the current policy π_old
+    2. score      reward model and/or reward functions -> one score per response
+    3. forward    log π_old and log π_ref of every sampled token; values V(s_t)
+    4. advantage  per-token reward (score at the last token, −β·KL on every token)
+                  -> GAE (ppo) or a sequence baseline (reinforce, rloo, grpo); whitening
+    5. train      num_epochs × mini-batches × micro-batches of the clipped PPO loss
+                  (+ value loss, − entropy bonus, + KL loss for grpo); the importance ratio
+                  π/π_old lets each rollout batch serve several updates
+    6. bookkeeping KL controller, metrics, samples, checkpoint
+
+Dropout is off in every model, and every model stays in eval mode, training included: the
+log-probs of step 3 and of the first step of 5 are then computed identically, and the
+importance ratio is exactly 1 before the first update (N+ implementation details).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhfkit.checkpoint import (latest_checkpoint, load_trainer_state, save_checkpoint,
+                                save_trainer_state)
+from rlhfkit.config import assert_same_config
+from rlhfkit.core import (ADVANTAGE_ESTIMATORS, AdaptiveKLController, FixedKLController,
+                          apply_missing_eos_penalty, entropy_from_logits, explained_variance,
+                          kl_estimate, logprobs_from_logits, masked_mean, masked_whiten,
+                          per_token_rewards, ppo_policy_loss, ppo_value_loss, reduce_loss)
+from rlhfkit.data import collate_prompts, load_prompts, tokenize_prompts
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.generation import Sampling, sample_responses
+from rlhfkit.metrics import MetricsLogger, console_table
+from rlhfkit.models import (PolicyWithValueHead, ValueModel, disable_dropout, load_causal_lm,
+                            load_tokenizer)
+from rlhfkit.recipes.common import (describe_config, make_optimizer, make_scheduler,
+                                    pick_device, prepare_run_dir, seed_everything, setup_logging)
+from rlhfkit.recipes.ppo_config import PPOConfig
+from rlhfkit.rollout import Rollout, chunked, critic_values, response_forward, score_tokens, select
+from rlhfkit.scoring import (FunctionScorer, RewardModelScorer, ScoreRequest, WeightedSum,
+                             clip_scores, nonfinite_message, same_tokenizer)
+
+log = logging.getLogger("rlhfkit")
+
+
+@dataclass
+class Parts:
+    """Everything a run holds: models, optimizer, controllers, data, random generators."""
+    cfg: PPOConfig
+    device: torch.device
+    tokenizer: object
+    policy: torch.nn.Module                 # causal LM, or PolicyWithValueHead
+    ref: torch.nn.Module                    # frozen
+    critic: ValueModel | None
+    scorer: WeightedSum
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    kl_ctl: FixedKLController | AdaptiveKLController
+    prompt_texts: list[str]
+    prompt_tokens: list[list[int]]
+    sampling_gen: torch.Generator
+    shuffle_gen: torch.Generator
+    update: int = 0                         # updates completed
+    bad_in_a_row: int = 0                   # consecutive skipped updates
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def lm(self) -> torch.nn.Module:
+        """The causal LM that samples (the policy without its value head)."""
+        return self.policy.lm if isinstance(self.policy, PolicyWithValueHead) else self.policy
+
+
+# ---------------------------------------------------------------------------- set-up
+
+def frozen(model: torch.nn.Module, device) -> torch.nn.Module:
+    disable_dropout(model)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def build_scorer(cfg: PPOConfig, tokenizer, device) -> WeightedSum:
+    sources = []
+    if cfg.reward.model:
+        sources.append(RewardModelScorer(cfg.reward.model, tokenizer, normalize=cfg.reward.normalize,
+                                         batch_size=cfg.batch.forward_batch_size, device=device,
+                                         trust_remote_code=cfg.trust_remote_code))
+    sources += [FunctionScorer(spec) for spec in cfg.reward.functions]
+    weights = cfg.reward.weights or [1.0] * len(sources)
+    return WeightedSum(list(zip(weights, sources)))
+
+
+def build_models(cfg: PPOConfig, tokenizer, device, policy_dir: str, value_dir: str | None):
+    """Policy (trainable, from `policy_dir`), reference (frozen) and critic (from `value_dir`)."""
+    load = dict(dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.uses_value and cfg.value.kind == "head":
+        policy = PolicyWithValueHead.from_pretrained(policy_dir, tokenizer, **load)
+    else:
+        policy = load_causal_lm(policy_dir, tokenizer, **load)
+    disable_dropout(policy)
+    policy.to(device).eval()
+    ref = frozen(load_causal_lm(cfg.ref or cfg.policy, tokenizer, **load), device)
+    critic = None
+    if cfg.uses_value and cfg.value.kind == "critic":
+        source = value_dir or cfg.value.model or cfg.reward.model
+        if not same_tokenizer(load_tokenizer(source, cfg.trust_remote_code), tokenizer):
+            raise RlhfkitError(f"value.model: the critic '{source}' uses another tokenizer than "
+                               "the policy; give a critic with the policy's tokenizer "
+                               "(value.model=...) or use value.kind=head")
+        critic = ValueModel.from_pretrained(source, tokenizer, **load)
+        disable_dropout(critic)
+        critic.to(device).eval()
+    return policy, ref, critic
+
+
+def build(cfg: PPOConfig, device, resume_from: Path | None) -> Parts:
+    seed_everything(cfg.seed)
+    tokenizer = load_tokenizer(cfg.policy, cfg.trust_remote_code)
+    policy_dir = str(resume_from / "policy") if resume_from else cfg.policy
+    value_dir = str(resume_from / "value") if resume_from and cfg.uses_value and cfg.value.kind == "critic" else None
+    policy, ref, critic = build_models(cfg, tokenizer, device, policy_dir, value_dir)
+    value_lr = cfg.value.lr or cfg.optim.lr
+    if isinstance(policy, PolicyWithValueHead):
+        groups = [{"params": list(policy.lm.parameters())},
+                  {"params": list(policy.value_head.parameters()), "lr": value_lr}]
+    else:
+        groups = [{"params": list(policy.parameters())}]
+        if critic is not None:
+            groups.append({"params": list(critic.parameters()), "lr": value_lr})
+    optimizer = make_optimizer(groups, cfg.optim)
+    total_steps = cfg.batch_plan()["optimizer steps in all"]
+    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
+    kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
+              else FixedKLController(cfg.kl.coef))
+    texts = load_prompts(cfg.prompts, tokenizer)
+    tokens, _ = tokenize_prompts(texts, tokenizer, cfg.sampling.max_prompt_length,
+                                 cfg.sampling.on_long_prompt)
+    return Parts(cfg, device, tokenizer, policy, ref, critic, build_scorer(cfg, tokenizer, device),
+                 optimizer, scheduler, kl_ctl, texts, tokens,
+                 torch.Generator().manual_seed(cfg.seed + 1),
+                 torch.Generator().manual_seed(cfg.seed + 2))
+
+
+# ---------------------------------------------------------------------------- 1–3: rollout
+
+def prompt_indices(update: int, n_prompts: int, per_update: int, seed: int) -> list[int]:
+    """Prompts of update `update`: consecutive slices of one shuffled order per epoch, so the
+    data position is a pure function of the update number (resume needs no loader state)."""
+    out = []
+    for k in range(update * per_update, (update + 1) * per_update):
+        epoch, offset = divmod(k, n_prompts)
+        order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + 1000 * epoch))
+        out.append(int(order[offset]))
+    return out
+
+
+def decode_responses(tokenizer, response_ids, response_mask, has_eos) -> list[str]:
+    """Response texts without the EOS and the padding after it."""
+    lengths = (response_mask.sum(-1) - has_eos.long()).tolist()
+    return tokenizer.batch_decode([row[:n] for row, n in zip(response_ids.tolist(), lengths)],
+                                  skip_special_tokens=True)
+
+
+def collect_rollout(p: Parts) -> Rollout:
+    """Steps 1–3: sample, score, and compute old/reference log-probs and values."""
+    cfg, dev = p.cfg, p.device
+    group = cfg.batch.samples_per_prompt
+    idx = prompt_indices(p.update, len(p.prompt_texts), cfg.batch.prompts_per_update, cfg.seed)
+    idx = [i for i in idx for _ in range(group)]            # G contiguous samples per prompt
+    batch = collate_prompts([p.prompt_tokens[i] for i in idx], p.tokenizer.pad_token_id)
+    prompt_ids, prompt_mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+    s = cfg.sampling
+    t0 = time.perf_counter()
+    eos = p.tokenizer.eos_token_id if s.stop_at_eos else -1  # -1: no token ends a response
+    response_ids, response_mask, has_eos = sample_responses(
+        p.lm, prompt_ids, prompt_mask, Sampling(s.max_new_tokens, s.temperature, s.top_k, s.top_p),
+        eos, p.tokenizer.pad_token_id, p.sampling_gen)
+    t1 = time.perf_counter()
+    texts = [p.prompt_texts[i] for i in idx]
+    responses = decode_responses(p.tokenizer, response_ids, response_mask, has_eos)
+    raw = p.scorer(ScoreRequest(texts, responses, prompt_ids, prompt_mask, response_ids,
+                                response_mask, has_eos)).to(dev)
+    scores = raw
+    if cfg.reward.missing_eos_penalty and s.stop_at_eos:
+        scores = apply_missing_eos_penalty(scores, has_eos, cfg.reward.missing_eos_penalty)
+    scores = clip_scores(scores, cfg.reward.clip)
+    t2 = time.perf_counter()
+    parts = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+             "response_ids": response_ids, "response_mask": response_mask}
+    logprobs, ref_logprobs, values = [], [], []
+    for rows in chunked(len(idx), cfg.batch.forward_batch_size):
+        chunk = {k: v[rows] for k, v in parts.items()}
+        lp, val, _ = score_tokens(p.policy, chunk, s.temperature, p.critic)
+        ref_lp, _, _ = score_tokens(p.ref, chunk, s.temperature)
+        logprobs.append(lp), ref_logprobs.append(ref_lp), values.append(val)
+    t3 = time.perf_counter()
+    p.timings = {"time/generate": t1 - t0, "time/score": t2 - t1, "time/forward": t3 - t2}
+    return Rollout(texts, responses, prompt_ids, prompt_mask, response_ids, response_mask,
+                   has_eos, torch.cat(logprobs), torch.cat(ref_logprobs),
+                   torch.cat(values) if cfg.uses_value else None, scores, raw)
+
+
+# ---------------------------------------------------------------------------- 4: advantages
+
+def compute_advantages(rollout: Rollout, cfg: PPOConfig, kl_coef: float) -> None:
+    """Fill kl, rewards, advantages and returns of the rollout (no gradients)."""
+    mask = rollout.response_mask
+    rollout.kl = kl_estimate(rollout.logprobs, rollout.ref_logprobs, cfg.kl_estimator) * mask
+    beta_in_reward = 0.0 if cfg.kl_in_loss else kl_coef
+    rollout.rewards = per_token_rewards(rollout.scores, rollout.kl, mask, beta_in_reward)
+    estimator = ADVANTAGE_ESTIMATORS[cfg.algo]
+    advantages, returns = estimator(rollout.rewards, rollout.values, mask, gamma=cfg.loss.gamma,
+                                    lam=cfg.loss.lam, group_size=cfg.batch.samples_per_prompt)
+    rollout.returns = returns
+    rollout.advantages = masked_whiten(advantages, mask) if cfg.whiten else advantages
+
+
+# ---------------------------------------------------------------------------- 5: train
+
+def micro_batch_loss(p: Parts, mb: dict, normalizer, kl_coef: float) -> tuple[torch.Tensor, dict]:
+    """The loss of one micro-batch, scaled so micro-batches sum to the mini-batch loss."""
+    cfg = p.cfg
+    args = (mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"], mb["response_mask"])
+    mask, reduction = mb["response_mask"], cfg.loss.reduction
+    logits, values = response_forward(p.policy, *args)
+    logprobs = logprobs_from_logits(logits, mb["response_ids"], cfg.sampling.temperature)
+    pg_loss, stats = ppo_policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask,
+                                     cfg.loss.clip_eps, reduction, normalizer)
+    entropy = reduce_loss(entropy_from_logits(logits, cfg.sampling.temperature), mask,
+                          reduction, normalizer)
+    loss = pg_loss - cfg.loss.ent_coef * entropy
+    stats = {"loss/policy": pg_loss.detach(), "policy/entropy": entropy.detach(), **stats}
+    if cfg.uses_value:
+        if p.critic is not None:
+            values = critic_values(p.critic, *args)
+        vf_loss, vf_stats = ppo_value_loss(values, mb["values"], mb["returns"], mask,
+                                           cfg.loss.value_clip_eps, reduction, normalizer)
+        loss = loss + cfg.loss.vf_coef * vf_loss
+        stats.update({"loss/value": vf_loss.detach(), **vf_stats})
+    if cfg.kl_in_loss:
+        kl = kl_estimate(logprobs, mb["ref_logprobs"], cfg.kl_estimator)
+        kl_loss = reduce_loss(kl, mask, reduction, normalizer)
+        loss = loss + kl_coef * kl_loss
+        stats["loss/kl"] = kl_loss.detach()
+    return loss, stats
+
+
+GLOBALLY_NORMALISED = ("loss/policy", "loss/value", "loss/kl", "policy/entropy")
+
+
+def trainable(p: Parts) -> list[torch.nn.Parameter]:
+    return [q for g in p.optimizer.param_groups for q in g["params"]]
+
+
+def optimizer_step(p: Parts, rows: torch.Tensor, rollout: Rollout, kl_coef: float) -> dict | None:
+    """One mini-batch: accumulate micro-batch gradients, clip, step. None when skipped."""
+    cfg = p.cfg
+    mask = rollout.response_mask[rows]
+    normalizer = mask.sum() if cfg.loss.reduction == "token_mean" else len(rows)
+    stats_list = []
+    for micro in rows.split(cfg.batch.micro_batch_size):
+        loss, stats = micro_batch_loss(p, select(rollout, micro), normalizer, kl_coef)
+        if not torch.isfinite(loss):
+            bad = [k for k, v in stats.items() if k.startswith("loss/") and not torch.isfinite(v)]
+            return skip(p, f"non-finite {', '.join(bad) or 'loss'}")
+        loss.backward()
+        # loss terms already carry the mini-batch normaliser and add up over micro-batches;
+        # the other statistics are micro-batch means, weighted by their share of the rows
+        stats_list.append({k: float(v) * (1 if k in GLOBALLY_NORMALISED else len(micro) / len(rows))
+                           for k, v in stats.items()})
+    params = trainable(p)
+    max_norm = cfg.optim.max_grad_norm or math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if not torch.isfinite(grad_norm):
+        return skip(p, "non-finite gradient of the policy/value model")
+    p.optimizer.step()
+    p.optimizer.zero_grad(set_to_none=True)
+    p.scheduler.step()
+    summed = {k: sum(s[k] for s in stats_list) for k in stats_list[0]}
+    summed["grad_norm"] = float(grad_norm)
+    return summed
+
+
+def skip(p: Parts, reason: str) -> None:
+    p.optimizer.zero_grad(set_to_none=True)
+    log.warning("update %d: skipped an optimizer step: %s", p.update + 1, reason)
+    p.timings["skipped_steps"] = p.timings.get("skipped_steps", 0) + 1
+    return None
+
+
+def train_on_rollout(p: Parts, rollout: Rollout, kl_coef: float) -> dict:
+    """Step 5: num_epochs passes over the rollout in shuffled mini-batches."""
+    cfg, n = p.cfg, len(rollout)
+    mini = n // cfg.batch.num_mini_batches
+    history = []
+    for _ in range(cfg.num_epochs):
+        order = torch.randperm(n, generator=p.shuffle_gen).to(rollout.response_ids.device)
+        for start in range(0, n, mini):
+            stats = optimizer_step(p, order[start:start + mini], rollout, kl_coef)
+            if stats is not None:
+                history.append(stats)
+        if cfg.loss.early_stop_kl and history and history[-1]["approx_kl"] > cfg.loss.early_stop_kl:
+            break
+    if not history:
+        return {}
+    return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+
+
+# ---------------------------------------------------------------------------- 6: bookkeeping
+
+def rollout_metrics(r: Rollout, kl_coef: float) -> dict[str, float]:
+    """Metrics of the rollout itself. Sign convention (docs/metrics.md): `kl/mean` is the
+    mean over sequences of Σ_t (log π_old − log π_ref) estimates; `reward/non_score` is the
+    mean over sequences of the summed −β·KL terms in the reward."""
+    mask = r.response_mask
+    seq_kl = (r.kl * mask).sum(-1)
+    m = {"score/mean": r.scores.mean(), "score/std": r.scores.std() if len(r) > 1 else 0.0,
+         "score/raw_mean": r.raw_scores.mean(), "kl/mean": seq_kl.mean(), "kl/coef": kl_coef,
+         "reward/total": (r.rewards * mask).sum(-1).mean(),
+         "reward/non_score": (r.rewards * mask).sum(-1).mean() - r.scores.mean(),
+         "advantages/mean": masked_mean(r.advantages, mask),
+         "response/length": mask.sum(-1).float().mean(),
+         "response/no_eos_frac": (~r.has_eos).float().mean()}
+    if r.returns is not None:
+        m["returns/mean"] = masked_mean(r.returns, mask)
+        m["value/explained_variance"] = explained_variance(r.values, r.returns, mask)
+    return {k: float(v) for k, v in m.items()}
+
+
+def save_samples(p: Parts, r: Rollout) -> None:
+    """Append the first samples, with token-level rewards, values, advantages and KL, to
+    RUN_DIR/samples.jsonl (the report's token views read them), and print a table."""
+    n = min(p.cfg.log.num_samples, len(r))
+    rows = []
+    with open(Path(p.cfg.out) / "samples.jsonl", "a", encoding="utf-8") as f:
+        for b in range(n):
+            length = int(r.response_mask[b].sum())
+            per_token = lambda x: None if x is None else [round(float(v), 5) for v in x[b, :length]]
+            row = {"step": p.update + 1, "prompt": r.prompts[b], "response": r.responses[b],
+                   "score": float(r.scores[b]), "kl": float((r.kl[b] * r.response_mask[b]).sum()),
+                   "tokens": p.tokenizer.convert_ids_to_tokens(r.response_ids[b, :length].tolist()),
+                   "rewards": per_token(r.rewards), "values": per_token(r.values),
+                   "advantages": per_token(r.advantages), "token_kl": per_token(r.kl)}
+            f.write(json.dumps(row) + "\n")
+            rows.append({"prompt": row["prompt"][-40:], "response": row["response"],
+                         "score": row["score"], "kl": row["kl"]})
+    if rows:
+        log.info("samples at update %d:\n%s", p.update + 1,
+                 console_table(rows, ["prompt", "response", "score", "kl"]))
+
+
+def write_checkpoint(p: Parts) -> Path:
+    def write(folder: Path) -> None:
+        p.policy.save_pretrained(folder / "policy")
+        p.tokenizer.save_pretrained(folder / "policy")
+        if p.critic is not None:
+            p.critic.save_pretrained(folder / "value")
+            p.tokenizer.save_pretrained(folder / "value")
+        save_trainer_state(folder, p.optimizer, p.scheduler,
+                           extra={"update": p.update, "kl_ctl": p.kl_ctl.state_dict(),
+                                  "bad_in_a_row": p.bad_in_a_row},
+                           generators={"sampling": p.sampling_gen, "shuffle": p.shuffle_gen})
+    return save_checkpoint(p.cfg.out, p.update, write, keep_last=p.cfg.log.keep_last)
+
+
+def restore(p: Parts, folder: Path) -> None:
+    state = load_trainer_state(folder, p.optimizer, p.scheduler,
+                               generators={"sampling": p.sampling_gen, "shuffle": p.shuffle_gen})
+    p.update, p.bad_in_a_row = state["update"], state["bad_in_a_row"]
+    p.kl_ctl.load_state_dict(state["kl_ctl"])
+    truncate_jsonl(Path(p.cfg.out) / "metrics.jsonl", p.update)
+    truncate_jsonl(Path(p.cfg.out) / "samples.jsonl", p.update)
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop the lines a killed run wrote after its last checkpoint (they will be redone)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (ValueError, KeyError):
+            break  # a line cut by the kill: everything after it is gone too
+    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+
+def one_update(p: Parts, logger: MetricsLogger) -> None:
+    """Steps 1–6 once."""
+    start, kl_coef = time.perf_counter(), p.kl_ctl.value
+    rollout = collect_rollout(p)
+    problem = nonfinite_message(rollout.raw_scores, p.scorer.name)
+    if problem:
+        p.bad_in_a_row += 1
+        log.warning("update %d skipped: %s", p.update + 1, problem)
+        if p.bad_in_a_row >= p.cfg.log.max_bad_updates:
+            last = latest_checkpoint(p.cfg.out)
+            raise RlhfkitError(f"stopped after {p.bad_in_a_row} updates in a row with non-finite "
+                               f"scores ({problem}); last good checkpoint: {last}. Check the "
+                               "reward source, or try reward.clip")
+        p.update += 1
+        return
+    compute_advantages(rollout, p.cfg, kl_coef)
+    t0 = time.perf_counter()
+    train_stats = train_on_rollout(p, rollout, kl_coef)
+    p.timings["time/train"] = time.perf_counter() - t0
+    p.bad_in_a_row = 0 if train_stats else p.bad_in_a_row + 1
+    metrics = rollout_metrics(rollout, kl_coef)
+    p.kl_ctl.update(metrics["kl/mean"], len(rollout))
+    n_tokens = int(rollout.response_mask.sum())
+    p.timings["time/update"] = time.perf_counter() - start
+    metrics.update(train_stats)
+    metrics.update(p.timings)
+    metrics["tokens_per_s"] = n_tokens / p.timings["time/update"]
+    metrics["lr"] = p.scheduler.get_last_lr()[0]
+    p.update += 1
+    logger.log(p.update, metrics)
+    if p.update % p.cfg.log.sample_every == 0 or p.update == 1:
+        save_samples(p, rollout)
+
+
+def train(cfg: PPOConfig) -> Parts:
+    """Run (or resume) the RL stage; returns the parts of the finished run."""
+    run_dir = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume, cfg)
+    setup_logging(run_dir)
+    resume_from = None
+    if cfg.resume:
+        assert_same_config(run_dir / "config.yaml", cfg, ignore=("resume", "overwrite", "log"))
+        resume_from = latest_checkpoint(run_dir)
+        if resume_from is None:
+            log.warning("no whole checkpoint in %s: starting from the beginning", run_dir)
+    device = pick_device(cfg.device)
+    log.info("rlhfkit %s on %s\n%s", cfg.algo, device, describe_config(cfg))
+    p = build(cfg, device, resume_from)
+    if resume_from is not None:
+        restore(p, resume_from)
+        log.info("resumed from %s (update %d)", resume_from, p.update)
+    log.info("batch plan: %s", ", ".join(f"{k} {v}" for k, v in cfg.batch_plan().items()))
+    with MetricsLogger(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
+                       config=cfg) as logger:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.batch.num_updates, initial=p.update, desc=cfg.algo, unit="update")
+        while p.update < cfg.batch.num_updates:
+            one_update(p, logger)
+            bar.update(1)
+            if p.update % cfg.log.save_every == 0 or p.update == cfg.batch.num_updates:
+                write_checkpoint(p)
+        bar.close()
+    final = Path(cfg.out) / "policy"
+    p.policy.save_pretrained(final)
+    p.tokenizer.save_pretrained(final)
+    log.info("policy saved to %s", final)
+    return p
+
+
+def main(cfg: PPOConfig) -> int:
+    """`rlhfkit ppo`: the command-line entry point."""
+    train(cfg)
+    return 0
