@@ -32,9 +32,11 @@ CHAT_TEMPLATE = (
 
 ARCHS = ("gpt2", "llama")
 SIZES = {
-    # hidden, layers, heads, context
+    # hidden, layers, heads, context; small and base match the two GPT-2 sizes of the
+    # TRL yardstick in ../shared/bench (about 0.5 M and 3.4 M parameters)
     "tiny": dict(hidden=64, layers=2, heads=4, context=256),
-    "small": dict(hidden=128, layers=4, heads=4, context=512),
+    "small": dict(hidden=128, layers=2, heads=4, context=512),
+    "base": dict(hidden=256, layers=4, heads=4, context=512),
 }
 
 

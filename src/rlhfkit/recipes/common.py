@@ -98,9 +98,10 @@ def prepare_run_dir(out: str, overwrite: bool, resume: bool, cfg) -> Path:
 def setup_logging(run_dir: Path | None = None) -> None:
     """Log to the console (INFO) and, with a run folder, to RUN_DIR/log.txt."""
     root = logging.getLogger("rlhfkit")
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.DEBUG)  # DEBUG (e.g. the full config) goes to the file only
     root.handlers.clear()
     console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(console)
     if run_dir is not None:

@@ -1,0 +1,313 @@
+"""The second stage of RLHF: a reward model trained on human preference pairs.
+
+    rlhfkit reward model=runs/sft/model data=prefs.jsonl out=runs/rm
+
+The reward model is the SFT model's trunk with a fresh scalar head (a Hugging Face
+`...ForSequenceClassification` with one label). It scores prompt + response at the last
+real token (the EOS), and learns that chosen responses score higher than rejected ones with
+the Bradley–Terry loss (Ouyang et al. 2022, eq. 1):
+
+    L = −log σ(r(x, y_chosen) − r(x, y_rejected) − m)  +  center_coef · (r_c + r_r)²
+
+m is the pair's `margin` when the data has that column (Llama 2), else 0; the centring
+term (Eisenstein et al. 2023) keeps scores near 0 and is off by default.
+
+One run, top to bottom (`train`):
+
+    1. data        tokenizer, preference pairs and the held-out pairs (a bad file fails
+                   here, before any model is loaded or any folder written)
+    2. run folder  config.yaml, log.txt, metrics.jsonl; or the last checkpoint to resume
+    3. model       init_reward_model(backbone): trunk + head drawn with std 1/sqrt(H+1)
+    4. optimizer   AdamW, warmup then linear/cosine decay
+    5. train       per micro-batch: chosen and rejected rows in ONE forward pass
+                   (concatenated along the batch: both see the same weights and the same
+                   padding), the loss of the pair mean weighted by its share of the step
+    6. evaluate    held-out accuracy, loss, mean margin r_c − r_r, mean/std of chosen and
+                   rejected scores: before training, every eval_every steps, at the end
+    7. checkpoint  every save_every steps, atomically, with optimizer/scheduler/RNG state
+    8. score stats mean and std of the final model's scores on every training response
+                   (chosen and rejected), stored in its config with set_score_stats, so PPO
+                   can normalise rewards to mean 0, std 1 (N+ implementation details)
+    9. save        OUT/model in plain Hugging Face format, with the tokenizer
+
+Dropout is off by default (`dropout=false`): the scores PPO reads come from the model in
+eval mode, so the model is trained as the very function it will be used as, and resuming
+needs no dropout randomness. One epoch is the default, as in InstructGPT (a reward model
+overfits after one pass over its comparisons).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import REQUIRED, option
+from rlhfkit.core import reward_model_loss
+from rlhfkit.data import collate_preferences, load_preferences, tokenize_preferences
+from rlhfkit.metrics import MetricsLogger
+from rlhfkit.models import (disable_dropout, get_score_stats, init_reward_model,
+                            load_reward_model, load_tokenizer, score_sequences,
+                            set_score_stats)
+from rlhfkit.recipes.common import (OptimConfig, describe_config, make_optimizer,
+                                    make_scheduler, pick_device, seed_everything,
+                                    setup_logging)
+from rlhfkit.recipes.sft import (DTYPES, StepPlan, TrainLogConfig, check_finite, clip_and_step,
+                                 load_splits, open_run, restore, save_final, to_device,
+                                 write_checkpoint)
+
+log = logging.getLogger("rlhfkit")
+
+
+# ---------------------------------------------------------------------------- config
+
+@dataclass
+class RewardOptimConfig(OptimConfig):
+    lr: float = option(1e-5, "peak learning rate (AdamW)", gt=0)
+
+
+@dataclass
+class RewardModelConfig:
+    model: str = option(REQUIRED, "the backbone: a causal LM folder or hub id (usually the SFT "
+                                  "model, OUT/model of `rlhfkit sft`)")
+    data: str = option(REQUIRED, "preference pairs (JSONL/JSON/CSV/Parquet with prompt + chosen + "
+                                 "rejected [+ margin], chosen + rejected texts or chats), "
+                                 "datasets folder, or hub id")
+    out: str = option(REQUIRED, "run folder: metrics, checkpoints, the reward model in OUT/model")
+    eval_data: str | None = option(None, "held-out pairs (default: hold out eval_fraction of "
+                                          "`data`)")
+    eval_fraction: float = option(0.05, "share of `data` held out for evaluation when eval_data "
+                                        "is not given (0: no evaluation)", ge=0, lt=1)
+    split: str = option("train", "split of `data` (datasets folders and hub ids)")
+    eval_split: str = option("test", "split of `eval_data` (datasets folders and hub ids)")
+    max_length: int = option(512, "tokens per prompt + response; longer pairs lose the start "
+                                  "of the prompt", gt=1)
+    batch_size: int = option(8, "pairs per forward/backward pass (2 × rows: chosen and rejected)",
+                             gt=0)
+    grad_accum: int = option(1, "micro-batches per optimizer step (gradient accumulation)", gt=0)
+    epochs: int = option(1, "passes over the training pairs", gt=0)
+    max_steps: int | None = option(None, "optimizer steps in all; overrides epochs", gt=0)
+    stop_after: int | None = option(None, "end this session once the run has done this "
+                                          "many optimizer steps in all (a checkpoint is written; "
+                                          "resume=true continues the same schedule)", gt=0)
+    center_coef: float = option(0.0, "weight of the reward-centring term mean((r_c + r_r)²)",
+                                ge=0)
+    stats_pairs: int | None = option(None, "training pairs scored at the end for the score "
+                                           "mean/std PPO normalises with (null: all)", gt=0)
+    dropout: bool = option(False, "keep the backbone's dropout while training")
+    optim: RewardOptimConfig = option(RewardOptimConfig, "optimizer")
+    seed: int = option(0, "random seed (head init, held-out split, data order)")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    dtype: str = option("float32", "weights dtype", choices=DTYPES)
+    trust_remote_code: bool = option(False, "allow models that ship their own Python code")
+    resume: bool = option(False, "continue the run in `out` from its last checkpoint")
+    overwrite: bool = option(False, "replace a run that already exists in `out`")
+    log: TrainLogConfig = option(TrainLogConfig, "evaluation, checkpoints and metric mirrors")
+
+
+# ---------------------------------------------------------------------------- scoring
+
+def score_pairs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of the chosen and of the rejected rows, in one forward pass.
+
+    Shapes: {chosen,rejected}_{input_ids,attention_mask} (B, L) -> rows (2B, L) -> scores
+    (2B,) -> chosen (B,), rejected (B,). `collate_preferences` pads both halves to one L.
+    """
+    input_ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])       # (2B, L)
+    mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])  # (2B, L)
+    scores = score_sequences(model, input_ids, mask)                                      # (2B,)
+    chosen, rejected = scores.chunk(2)
+    return chosen, rejected
+
+
+def reward_step(model, items, micro_batches: list[list[int]], pad_id: int, device,
+                center_coef: float) -> dict[str, float]:
+    """Backward of one optimizer step's loss, the mean over all its pairs: each micro-batch's
+    pair-mean loss is weighted by its share of the step's pairs, so accumulation gives the
+    gradient of one big batch. Returns the step's loss, accuracy and mean margin."""
+    n_pairs = sum(len(rows) for rows in micro_batches)
+    totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
+    for rows in micro_batches:
+        batch = to_device(collate_preferences([items[i] for i in rows], pad_id), device)
+        chosen, rejected = score_pairs(model, batch)
+        loss, stats = reward_model_loss(chosen, rejected, batch["margin"], center_coef)
+        share = len(rows) / n_pairs
+        (loss * share).backward()
+        totals["loss"] += float(loss.detach()) * share
+        totals["accuracy"] += float(stats["accuracy"]) * share
+        totals["margin"] += float(stats["margin"]) * share
+    return totals
+
+
+@torch.no_grad()
+def score_all(model, items, batch_size: int, pad_id: int, device):
+    """Chosen scores (N,), rejected scores (N,) and margins (N,) or None, in eval mode."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected, margins = [], [], []
+    for start in range(0, len(items), batch_size):
+        batch = to_device(collate_preferences(items[start:start + batch_size], pad_id), device)
+        c, r = score_pairs(model, batch)
+        chosen.append(c.cpu())
+        rejected.append(r.cpu())
+        margins.append(torch.zeros(len(c)) if batch["margin"] is None else batch["margin"].cpu())
+    model.train(was_training)
+    has_margin = any(item.margin is not None for item in items)
+    return torch.cat(chosen), torch.cat(rejected), torch.cat(margins) if has_margin else None
+
+
+def evaluate_reward(model, items, batch_size: int, pad_id: int, device,
+                    center_coef: float) -> dict[str, float]:
+    """Held-out accuracy (share of pairs with r_c > r_r), loss, mean margin r_c − r_r, and
+    the distribution of chosen and rejected scores."""
+    chosen, rejected, margin = score_all(model, items, batch_size, pad_id, device)
+    loss, stats = reward_model_loss(chosen, rejected, margin, center_coef)
+    spread = (lambda x: float(x.std())) if len(chosen) > 1 else (lambda x: 0.0)
+    return {"eval/loss": float(loss), "eval/accuracy": float(stats["accuracy"]),
+            "eval/margin": float(stats["margin"]),
+            "eval/chosen_mean": float(chosen.mean()), "eval/chosen_std": spread(chosen),
+            "eval/rejected_mean": float(rejected.mean()), "eval/rejected_std": spread(rejected)}
+
+
+def log_eval(step: int, metrics: dict[str, float]) -> None:
+    log.info("step %d: held-out accuracy %.3f, margin %.3f, loss %.4f", step,
+             metrics["eval/accuracy"], metrics["eval/margin"], metrics["eval/loss"])
+
+
+def store_score_stats(model, items, cfg: RewardModelConfig, pad_id: int, device) -> None:
+    """Step 8: mean and std of the scores of training responses (chosen and rejected),
+    stored in the model's config for PPO's reward normalisation."""
+    if cfg.stats_pairs is not None and cfg.stats_pairs < len(items):
+        pick = torch.randperm(len(items), generator=torch.Generator().manual_seed(cfg.seed + 7))
+        items = [items[i] for i in pick[:cfg.stats_pairs].tolist()]
+    chosen, rejected, _ = score_all(model, items, cfg.batch_size, pad_id, device)
+    scores = torch.cat([chosen, rejected])                                     # (2N,)
+    mean, std = float(scores.mean()), float(scores.std()) if len(scores) > 1 else 0.0
+    if not std > 0:
+        log.warning("every training response scores %.4g: no score std stored, so PPO will "
+                    "not normalise this model's scores", mean)
+        return
+    set_score_stats(model, mean, std)
+    log.info("score stats on %d training responses: mean %.4f, std %.4f", len(scores), mean, std)
+
+
+# ---------------------------------------------------------------------------- the recipe
+
+@dataclass
+class RewardRun:
+    """What a finished run holds (tests and notebooks read it)."""
+    run_dir: Path
+    model: torch.nn.Module
+    tokenizer: object
+    step: int
+    first_eval: dict | None     # held-out metrics of the untrained model (None when resumed)
+    last_eval: dict | None      # held-out metrics at the end
+    score_stats: tuple[float, float] | None
+
+
+def train(cfg: RewardModelConfig) -> RewardRun:
+    """Run (or resume) reward-model training; returns the finished run."""
+    started = time.perf_counter()
+    setup_logging()  # console only, until the run folder exists
+    device = pick_device(cfg.device)
+
+    # 1. data: prompt + response tokenized as the policy will generate it
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    train_pairs, eval_pairs = load_splits(load_preferences, cfg, tokenizer)
+    train_items, _ = tokenize_preferences(train_pairs, tokenizer, cfg.max_length)
+    eval_items = (tokenize_preferences(eval_pairs, tokenizer, cfg.max_length)[0]
+                  if eval_pairs else [])
+    pad_id = tokenizer.pad_token_id
+
+    # 2. run folder (or the checkpoint to resume from)
+    run_dir, resume_from = open_run(cfg)
+    log.info("rlhfkit reward on %s: %d training, %d held-out pairs; config in %s", device,
+             len(train_items), len(eval_items), run_dir / "config.yaml")
+    log.debug("config:\n%s", describe_config(cfg))
+
+    # 3. model: the backbone's trunk plus a new scalar head (seeded), or the checkpoint
+    seed_everything(cfg.seed)
+    load = dict(dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    if resume_from is not None:
+        model, _ = load_reward_model(resume_from / "model", **load)
+    else:
+        model = init_reward_model(cfg.model, tokenizer, **load)
+    if not cfg.dropout:
+        disable_dropout(model)
+    model.to(device).train()
+
+    # 4. optimizer and schedule
+    plan = StepPlan(len(train_items), cfg.batch_size, cfg.grad_accum, cfg.seed)
+    total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer([{"params": params}], cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
+    step = restore(run_dir, resume_from, optimizer, scheduler)
+    stop_at = min(total_steps, cfg.stop_after or total_steps)
+    log.info("%d optimizer steps (%d per epoch) of up to %d pairs (%d × %d)", total_steps,
+             plan.steps_per_epoch, cfg.batch_size * cfg.grad_accum, cfg.batch_size,
+             cfg.grad_accum)
+
+    first_eval = last_eval = None
+    with MetricsLogger(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
+                       config=cfg) as logger:
+        if step == 0 and eval_items:
+            first_eval = last_eval = evaluate_reward(model, eval_items, cfg.batch_size, pad_id,
+                                                     device, cfg.center_coef)
+            logger.log(0, first_eval)
+            log_eval(0, first_eval)
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_steps, initial=step, desc="reward", unit="step", disable=None)
+        while step < stop_at:
+            # 5. one optimizer step
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
+            rows = plan.micro_batches(step)
+            stats = reward_step(model, train_items, rows, pad_id, device, cfg.center_coef)
+            check_finite(torch.tensor(stats["loss"]), "loss", step, run_dir)
+            grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+            step += 1
+            n_pairs = sum(len(r) for r in rows)
+            metrics = {**stats, "lr": lr, "grad_norm": grad_norm, "epoch": plan.epoch(step),
+                       "pairs_per_s": n_pairs / (time.perf_counter() - t0)}
+            # 6. evaluate
+            if eval_items and (step % cfg.log.eval_every == 0 or step == total_steps):
+                last_eval = evaluate_reward(model, eval_items, cfg.batch_size, pad_id, device,
+                                            cfg.center_coef)
+                metrics.update(last_eval)
+                log_eval(step, last_eval)
+            logger.log(step, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['accuracy']:.2f}")
+            # 7. checkpoint
+            if step % cfg.log.save_every == 0 or step == stop_at:
+                write_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler,
+                                 cfg.log.keep_last)
+        bar.close()
+
+    if step < total_steps:
+        log.info("reward stopped after step %d of %d (stop_after); continue with resume=true",
+                 step, total_steps)
+        return RewardRun(run_dir, model, tokenizer, step, first_eval, last_eval, None)
+
+    # 8. score statistics for PPO's reward normalisation
+    store_score_stats(model, train_items, cfg, pad_id, device)
+    # 9. the reward model, loadable with plain AutoModelForSequenceClassification
+    final = save_final(model, tokenizer, run_dir / "model")
+    summary = f"reward: {step} steps in {time.perf_counter() - started:.1f}s"
+    if last_eval is not None:
+        before = f"{first_eval['eval/accuracy']:.3f} -> " if first_eval else ""
+        summary += (f", held-out accuracy {before}{last_eval['eval/accuracy']:.3f}, "
+                    f"margin {last_eval['eval/margin']:.3f}")
+    log.info("%s; reward model saved to %s", summary, final)
+    return RewardRun(run_dir, model, tokenizer, step, first_eval, last_eval,
+                     get_score_stats(model))
+
+
+def main(cfg: RewardModelConfig) -> int:
+    """`rlhfkit reward`: the command-line entry point."""
+    train(cfg)
+    return 0

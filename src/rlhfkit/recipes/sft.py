@@ -1,0 +1,436 @@
+"""The first stage of RLHF: supervised fine-tuning (SFT) on demonstrations.
+
+    rlhfkit sft model=gpt2 data=demos.jsonl out=runs/sft
+
+The model learns to continue each prompt with its demonstrated completion. The loss is the
+cross-entropy of the completion tokens only (the prompt is context, not a target):
+
+    tokens      [BOS] user: hi <eos> assistant:   hello   <eos>
+    loss_mask     0     0   0    0       0          1       1
+    logits at t predict token t+1:  L = −Σ_t m_{t+1} · log π(x_{t+1} | x_≤t) / Σ_t m_{t+1}
+
+at temperature 1 (training matches the data distribution, not a sampling temperature).
+
+One run, top to bottom (`train`):
+
+    1. data        tokenizer, then demonstrations and the held-out set (a bad file fails
+                   here, in a second, before any model is loaded or any folder written)
+    2. run folder  config.yaml, log.txt, metrics.jsonl; or the last checkpoint to resume
+    3. model       the causal LM (from the checkpoint when resuming)
+    4. optimizer   AdamW, warmup then linear/cosine decay over every optimizer step
+    5. train       each optimizer step: grad_accum micro-batches, the loss of each one
+                   divided by the token count of the whole step (so accumulation gives the
+                   gradient of one big batch), gradient clipping, step
+    6. evaluate    held-out loss and perplexity before training, every eval_every steps
+                   and at the end
+    7. checkpoint  every save_every steps, atomically, with optimizer/scheduler/RNG state
+    8. save        the final model and tokenizer in OUT/model (plain Hugging Face format)
+
+Dropout stays as the model was saved (on for GPT-2 style models): SFT is ordinary
+supervised learning, where dropout regularises a small demonstration set (InstructGPT
+trained its SFT models with dropout 0.2). `dropout=false` switches it off. The RL stage
+switches it off in every model regardless.
+
+Resuming is bit-exact: the examples of step s are a pure function of (seed, s), and the
+checkpoint holds the optimizer, the schedule and every random state (dropout draws).
+
+This module also holds the pieces the reward-model recipe shares with it: the held-out
+split, the step plan, checkpoint writing and restoring.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit.checkpoint import (latest_checkpoint, load_trainer_state, save_checkpoint,
+                                save_trainer_state)
+from rlhfkit.config import REQUIRED, assert_same_config, option
+from rlhfkit.core import logprobs_from_logits, masked_sum, reduce_loss
+from rlhfkit.data import collate_sft, load_sft, tokenize_sft
+from rlhfkit.errors import DataError, RlhfkitError
+from rlhfkit.metrics import METRICS_FILE, MetricsLogger
+from rlhfkit.models import disable_dropout, load_causal_lm, load_tokenizer
+from rlhfkit.recipes.common import (OptimConfig, describe_config, make_optimizer,
+                                    make_scheduler, pick_device, prepare_run_dir,
+                                    seed_everything, setup_logging)
+from rlhfkit.recipes.ppo import truncate_jsonl
+
+log = logging.getLogger("rlhfkit")
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+# Options that may differ when a run is resumed: none of them changes what is computed.
+RESUME_MAY_CHANGE = ("resume", "overwrite", "stop_after", "device", "log")
+
+
+# ---------------------------------------------------------------------------- config
+
+@dataclass
+class SFTOptimConfig(OptimConfig):
+    lr: float = option(2e-5, "peak learning rate (AdamW)", gt=0)
+    warmup_steps: int = option(10, "optimizer steps of linear warmup from 0", ge=0)
+
+
+@dataclass
+class TrainLogConfig:
+    eval_every: int = option(100, "evaluate on the held-out set every N optimizer steps "
+                                  "(also before training and at the end)", gt=0)
+    save_every: int = option(500, "write a checkpoint every N optimizer steps (and at the end)",
+                             gt=0)
+    keep_last: int = option(2, "checkpoints kept", gt=0)
+    tensorboard: bool = option(False, "mirror metrics to TensorBoard")
+    wandb: bool = option(False, "mirror metrics to Weights & Biases")
+
+
+@dataclass
+class SFTConfig:
+    model: str = option(REQUIRED, "the causal LM to fine-tune: folder or hub id")
+    data: str = option(REQUIRED, "demonstrations (JSONL/JSON/CSV/Parquet with `messages`, "
+                                 "`prompt` + `completion`, or `text`), datasets folder, or hub id")
+    out: str = option(REQUIRED, "run folder: metrics, checkpoints, the final model in OUT/model")
+    eval_data: str | None = option(None, "held-out demonstrations (default: hold out "
+                                          "eval_fraction of `data`)")
+    eval_fraction: float = option(0.05, "share of `data` held out for evaluation when eval_data "
+                                        "is not given (0: no evaluation)", ge=0, lt=1)
+    split: str = option("train", "split of `data` (datasets folders and hub ids)")
+    eval_split: str = option("test", "split of `eval_data` (datasets folders and hub ids)")
+    max_length: int = option(512, "tokens per example; longer ones lose the start of the prompt",
+                             gt=1)
+    batch_size: int = option(8, "examples per forward/backward pass (micro-batch)", gt=0)
+    grad_accum: int = option(1, "micro-batches per optimizer step (gradient accumulation)", gt=0)
+    epochs: int = option(1, "passes over the training data", gt=0)
+    max_steps: int | None = option(None, "optimizer steps in all; overrides epochs", gt=0)
+    stop_after: int | None = option(None, "end this session once the run has done this "
+                                          "many optimizer steps in all (a checkpoint is written; "
+                                          "resume=true continues the same schedule)", gt=0)
+    dropout: bool = option(True, "keep the model's dropout while training (false: switch it off)")
+    optim: SFTOptimConfig = option(SFTOptimConfig, "optimizer")
+    seed: int = option(0, "random seed (held-out split, data order, dropout)")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    dtype: str = option("float32", "weights dtype", choices=DTYPES)
+    trust_remote_code: bool = option(False, "allow models that ship their own Python code")
+    resume: bool = option(False, "continue the run in `out` from its last checkpoint")
+    overwrite: bool = option(False, "replace a run that already exists in `out`")
+    log: TrainLogConfig = option(TrainLogConfig, "evaluation, checkpoints and metric mirrors")
+
+
+# ---------------------------------------------------------------------------- shared pieces
+
+def held_out_split(n: int, fraction: float, seed: int, source: str) -> tuple[list[int], list[int]]:
+    """Indices (train, held-out) of `n` rows: a seeded random `fraction` is held out (at
+    least one row when fraction > 0), the same on every run with the same seed."""
+    if fraction <= 0:
+        return list(range(n)), []
+    n_eval = max(1, round(n * fraction))
+    if n - n_eval < 1:
+        raise DataError(source, None, None, f"{n} row(s) are too few to hold out {n_eval} for "
+                        "evaluation; give eval_data=... or set eval_fraction=0")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def load_splits(load, cfg, tokenizer) -> tuple[list, list]:
+    """(training records, held-out records) read with `load` (load_sft, load_preferences):
+    `eval_data` when given, else a held-out `eval_fraction` of `data`."""
+    records = load(cfg.data, tokenizer, split=cfg.split)
+    if cfg.eval_data:
+        return records, load(cfg.eval_data, tokenizer, split=cfg.eval_split)
+    train_idx, eval_idx = held_out_split(len(records), cfg.eval_fraction, cfg.seed, cfg.data)
+    return [records[i] for i in train_idx], [records[i] for i in eval_idx]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1000 * epoch))
+                 .tolist())
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Which training examples each optimizer step uses.
+
+    Every epoch is one seeded shuffle of the n examples, cut into micro-batches of
+    `batch_size` (the last one may be smaller), grouped `grad_accum` to an optimizer step:
+
+        epoch 0 order   7 2 9 0 | 4 1 8 6 | 3 5        n=10, batch_size=4, grad_accum=2
+        steps           [  step 0: 2 micro  ] [ step 1 ]
+
+    The examples of step s are a pure function of (seed, s), so a resumed run needs no
+    data-loader state.
+    """
+    n: int
+    batch_size: int
+    grad_accum: int
+    seed: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(math.ceil(self.n / self.batch_size) / self.grad_accum)
+
+    def total_steps(self, epochs: int, max_steps: int | None) -> int:
+        return max_steps if max_steps is not None else epochs * self.steps_per_epoch
+
+    def epoch(self, step: int) -> float:
+        """Epochs completed after `step` optimizer steps (fractional)."""
+        return step / self.steps_per_epoch
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """Example indices of each micro-batch of optimizer step `step` (0-based)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = _epoch_order(self.n, self.seed, epoch)
+        per_step = self.batch_size * self.grad_accum
+        rows = list(order[k * per_step:(k + 1) * per_step])
+        return [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+
+
+def open_run(cfg) -> tuple[Path, Path | None]:
+    """Create (or reopen, with resume=true) the run folder; log to it. Returns the folder
+    and the checkpoint to resume from (None: start from the beginning)."""
+    run_dir = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume, cfg)
+    setup_logging(run_dir)
+    resume_from = None
+    if cfg.resume:
+        assert_same_config(run_dir / "config.yaml", cfg, ignore=RESUME_MAY_CHANGE)
+        resume_from = latest_checkpoint(run_dir)
+        if resume_from is None:
+            log.warning("no whole checkpoint in %s: starting from the beginning", run_dir)
+    return run_dir, resume_from
+
+
+def write_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler,
+                     keep_last: int) -> Path:
+    """RUN_DIR/checkpoints/step-NNNNNN/{model/, optimizer.pt, scheduler.pt, rng.pt, ...},
+    written atomically (see rlhfkit.checkpoint)."""
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder / "model")
+        tokenizer.save_pretrained(folder / "model")
+        save_trainer_state(folder, optimizer, scheduler, extra={"step": step})
+    return save_checkpoint(run_dir, step, write, keep_last=keep_last)
+
+
+def restore(run_dir: Path, folder: Path | None, optimizer, scheduler) -> int:
+    """Load optimizer, schedule and random states from `folder`; drop the metric lines a
+    killed run wrote after it. Returns the optimizer steps already done."""
+    step = 0
+    if folder is not None:
+        step = load_trainer_state(folder, optimizer, scheduler)["step"]
+        log.info("resumed from %s (step %d)", folder, step)
+    # -1 without a checkpoint: the step-0 evaluation will be written again
+    truncate_jsonl(run_dir / METRICS_FILE, step if folder is not None else -1)
+    return step
+
+
+def save_final(model, tokenizer, folder: Path) -> Path:
+    """Save model and tokenizer to `folder`, replacing it whole (written beside, then renamed)."""
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def clip_and_step(params, optimizer, scheduler, max_grad_norm: float | None) -> float:
+    """Clip the gradient norm, take the optimizer and schedule steps; returns the norm
+    before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or math.inf)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return float(grad_norm)
+
+
+def check_finite(value: torch.Tensor, what: str, step: int, run_dir: Path) -> None:
+    if not torch.isfinite(value):
+        raise RlhfkitError(f"non-finite {what} at step {step + 1} (last checkpoint: "
+                           f"{latest_checkpoint(run_dir)}); lower optim.lr, or use dtype=float32")
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------- the loss
+
+def completion_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(x_{t+1} | x_≤t) of every next token at temperature 1, and the mask of those
+    that are loss targets (completion tokens and the final EOS).
+
+    Shapes: input_ids, attention_mask, position_ids, loss_mask (B, L) -> (B, L-1), (B, L-1).
+    The logits at position t predict token t+1, so targets and mask are shifted by one.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], use_cache=False).logits   # (B, L, V)
+    targets = batch["input_ids"][:, 1:]                                         # (B, L-1)
+    logprobs = logprobs_from_logits(logits[:, :-1], targets, temperature=1.0)   # (B, L-1)
+    return logprobs, batch["loss_mask"][:, 1:]
+
+
+def target_count(items) -> int:
+    """Loss targets of tokenized examples (a row's first token is never one: nothing
+    predicts it)."""
+    return sum(sum(item.loss_mask[1:]) for item in items)
+
+
+def sft_step(model, items, micro_batches: list[list[int]], pad_id: int,
+             device) -> tuple[torch.Tensor, int]:
+    """Backward of one optimizer step's loss, the token mean over all its micro-batches.
+
+    Each micro-batch's summed NLL is divided by the token count of the whole step
+    (`reduce_loss` with a global normalizer), so the accumulated gradient is that of one
+    big batch, however the step is cut. Returns (the step's loss, its token count).
+    """
+    normalizer = max(target_count(items[i] for rows in micro_batches for i in rows), 1)
+    total = torch.zeros(())
+    for rows in micro_batches:
+        batch = to_device(collate_sft([items[i] for i in rows], pad_id), device)
+        logprobs, mask = completion_logprobs(model, batch)
+        loss = reduce_loss(-logprobs, mask, "token_mean", normalizer)
+        loss.backward()
+        total += loss.detach().float().cpu()
+    return total, normalizer
+
+
+@torch.no_grad()
+def evaluate_sft(model, items, batch_size: int, pad_id: int, device) -> dict[str, float]:
+    """Held-out loss (token mean of the completion NLL over the whole set) and
+    perplexity = exp(loss). Run in eval mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    for start in range(0, len(items), batch_size):
+        batch = to_device(collate_sft(items[start:start + batch_size], pad_id), device)
+        logprobs, mask = completion_logprobs(model, batch)
+        nll += float(masked_sum(-logprobs, mask))
+        count += int(mask.sum())
+    model.train(was_training)
+    loss = nll / max(count, 1)
+    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0))}
+
+
+# ---------------------------------------------------------------------------- the recipe
+
+@dataclass
+class SFTRun:
+    """What a finished run holds (tests and notebooks read it)."""
+    run_dir: Path
+    model: torch.nn.Module
+    tokenizer: object
+    step: int
+    first_eval: dict | None     # held-out metrics before training (None when resumed)
+    last_eval: dict | None      # held-out metrics at the end
+    train_loss: float | None    # loss of the last optimizer step
+
+
+def train(cfg: SFTConfig) -> SFTRun:
+    """Run (or resume) SFT; returns the finished run. See the module docstring."""
+    started = time.perf_counter()
+    setup_logging()  # console only, until the run folder exists
+    device = pick_device(cfg.device)
+
+    # 1. data: one tokenization (rlhfkit.data), prompt tokens masked out of the loss
+    tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    train_examples, eval_examples = load_splits(load_sft, cfg, tokenizer)
+    train_items, _ = tokenize_sft(train_examples, tokenizer, cfg.max_length)
+    eval_items = tokenize_sft(eval_examples, tokenizer, cfg.max_length)[0] if eval_examples else []
+    pad_id = tokenizer.pad_token_id
+
+    # 2. run folder (or the checkpoint to resume from)
+    run_dir, resume_from = open_run(cfg)
+    log.info("rlhfkit sft on %s: %d training, %d held-out examples; config in %s", device,
+             len(train_items), len(eval_items), run_dir / "config.yaml")
+    log.debug("config:\n%s", describe_config(cfg))
+
+    # 3. model
+    seed_everything(cfg.seed)
+    source = resume_from / "model" if resume_from else cfg.model
+    model = load_causal_lm(source, tokenizer, dtype=cfg.dtype,
+                           trust_remote_code=cfg.trust_remote_code)
+    if not cfg.dropout:
+        disable_dropout(model)
+    model.to(device).train()
+
+    # 4. optimizer and schedule over every optimizer step of the run
+    plan = StepPlan(len(train_items), cfg.batch_size, cfg.grad_accum, cfg.seed)
+    total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer([{"params": params}], cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
+    step = restore(run_dir, resume_from, optimizer, scheduler)
+    stop_at = min(total_steps, cfg.stop_after or total_steps)
+    log.info("%d optimizer steps (%d per epoch) of up to %d examples (%d × %d)", total_steps,
+             plan.steps_per_epoch, cfg.batch_size * cfg.grad_accum, cfg.batch_size,
+             cfg.grad_accum)
+
+    first_eval = last_eval = None
+    train_loss = None
+    with MetricsLogger(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
+                       config=cfg) as logger:
+        if step == 0 and eval_items:
+            first_eval = last_eval = evaluate_sft(model, eval_items, cfg.batch_size, pad_id,
+                                                  device)
+            logger.log(0, first_eval)
+            log.info("step 0: held-out loss %.4f, perplexity %.2f", first_eval["eval/loss"],
+                     first_eval["eval/perplexity"])
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", disable=None)
+        while step < stop_at:
+            # 5. one optimizer step
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
+            loss, n_tokens = sft_step(model, train_items, plan.micro_batches(step), pad_id,
+                                      device)
+            check_finite(loss, "loss", step, run_dir)
+            grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
+            step += 1
+            train_loss = float(loss)
+            metrics = {"loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                       "epoch": plan.epoch(step), "tokens": n_tokens,
+                       "tokens_per_s": n_tokens / (time.perf_counter() - t0)}
+            # 6. evaluate
+            if eval_items and (step % cfg.log.eval_every == 0 or step == total_steps):
+                last_eval = evaluate_sft(model, eval_items, cfg.batch_size, pad_id, device)
+                metrics.update(last_eval)
+                log.info("step %d: held-out loss %.4f, perplexity %.2f", step,
+                         last_eval["eval/loss"], last_eval["eval/perplexity"])
+            logger.log(step, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.4f}")
+            # 7. checkpoint
+            if step % cfg.log.save_every == 0 or step == stop_at:
+                write_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler,
+                                 cfg.log.keep_last)
+        bar.close()
+
+    if step < total_steps:
+        log.info("sft stopped after step %d of %d (stop_after); continue with resume=true",
+                 step, total_steps)
+        return SFTRun(run_dir, model, tokenizer, step, first_eval, last_eval, train_loss)
+
+    # 8. the final model, in plain Hugging Face format
+    final = save_final(model, tokenizer, run_dir / "model")
+    summary = f"sft: {step} steps in {time.perf_counter() - started:.1f}s"
+    if train_loss is not None:
+        summary += f", train loss {train_loss:.4f}"
+    if last_eval is not None:
+        before = f"{first_eval['eval/loss']:.4f} -> " if first_eval else ""
+        summary += (f", held-out loss {before}{last_eval['eval/loss']:.4f} "
+                    f"(perplexity {last_eval['eval/perplexity']:.2f})")
+    log.info("%s; model saved to %s", summary, final)
+    return SFTRun(run_dir, model, tokenizer, step, first_eval, last_eval, train_loss)
+
+
+def main(cfg: SFTConfig) -> int:
+    """`rlhfkit sft`: the command-line entry point."""
+    train(cfg)
+    return 0

@@ -1,0 +1,172 @@
+"""Pieces of the SFT and reward-model recipes: step plan, held-out split, the SFT loss,
+gradient accumulation, config defaults and command registration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlhfkit.cli import commands
+from rlhfkit.config import check_config_class, load_config
+from rlhfkit.data import (PreferencePair, SFTExample, collate_sft, tokenize_preferences,
+                          tokenize_sft)
+from rlhfkit.errors import DataError
+from rlhfkit.models import disable_dropout, init_reward_model, load_policy
+from rlhfkit.models.tiny import ARCHS, SIZES
+from rlhfkit.recipes import init_model, reward_model, sft
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on shared cores: one intra-op thread never waits for a busy core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------- data plan
+
+@pytest.mark.parametrize("n, batch_size, grad_accum",
+                         [(10, 4, 2), (10, 3, 1), (7, 8, 3), (1, 1, 1)])
+def test_step_plan_covers_each_example_once_per_epoch(n, batch_size, grad_accum):
+    plan = sft.StepPlan(n, batch_size, grad_accum, seed=3)
+    epochs = []
+    for epoch in range(2):
+        seen = []
+        for step in range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch):
+            micro = plan.micro_batches(step)
+            assert 1 <= len(micro) <= grad_accum
+            assert all(1 <= len(rows) <= batch_size for rows in micro)
+            seen += [i for rows in micro for i in rows]
+        assert sorted(seen) == list(range(n))
+        epochs.append(seen)
+    if n > 3:
+        assert epochs[0] != epochs[1]  # reshuffled every epoch
+    assert plan.micro_batches(5) == sft.StepPlan(n, batch_size, grad_accum, 3).micro_batches(5)
+    assert plan.total_steps(epochs=3, max_steps=None) == 3 * plan.steps_per_epoch
+    assert plan.total_steps(epochs=3, max_steps=7) == 7
+
+
+def test_step_plan_by_hand():
+    plan = sft.StepPlan(10, batch_size=4, grad_accum=2, seed=0)
+    assert plan.steps_per_epoch == 2  # micro-batches 4, 4, 2 -> steps [4, 4], [2]
+    assert [len(r) for r in plan.micro_batches(0)] == [4, 4]
+    assert [len(r) for r in plan.micro_batches(1)] == [2]
+    assert plan.epoch(3) == 1.5
+
+
+def test_held_out_split_is_seeded_disjoint_and_refuses_too_few_rows():
+    train, held = sft.held_out_split(20, 0.25, seed=0, source="d.jsonl")
+    assert len(held) == 5 and sorted(train + held) == list(range(20))
+    assert (train, held) == sft.held_out_split(20, 0.25, seed=0, source="d.jsonl")
+    assert held != sft.held_out_split(20, 0.25, seed=1, source="d.jsonl")[1]
+    assert sft.held_out_split(20, 0.0, seed=0, source="d.jsonl") == (list(range(20)), [])
+    assert len(sft.held_out_split(3, 0.01, seed=0, source="d.jsonl")[1]) == 1  # at least one
+    with pytest.raises(DataError, match=r"d.jsonl: 1 row\(s\) are too few"):
+        sft.held_out_split(1, 0.5, seed=0, source="d.jsonl")
+
+
+# ---------------------------------------------------------------------------- losses
+
+@pytest.fixture(scope="module")
+def policy(tiny_gpt2_dir):
+    model, tokenizer = load_policy(tiny_gpt2_dir)
+    disable_dropout(model)
+    return model, tokenizer
+
+
+def test_sft_loss_is_cross_entropy_of_completion_tokens_only(policy):
+    model, tokenizer = policy
+    examples = [SFTExample("What is 2 + 2?", " The answer is 4."),
+                SFTExample("Hi", " Hello there, my friend.")]
+    items, _ = tokenize_sft(examples, tokenizer, 64)
+    batch = collate_sft(items, tokenizer.pad_token_id)
+    logprobs, mask = sft.completion_logprobs(model, batch)
+    ours = -(logprobs * mask).sum() / mask.sum()
+    # by hand: cross-entropy of each completion token (and the EOS) given what precedes it
+    losses = []
+    for item in items:
+        ids = torch.tensor([item.input_ids])
+        logits = model(input_ids=ids).logits[0]
+        for t in range(1, len(item.input_ids)):
+            if item.loss_mask[t]:
+                losses.append(F.cross_entropy(logits[t - 1], ids[0, t]))
+    assert mask.sum() == len(losses) == sft.target_count(items)
+    torch.testing.assert_close(ours, torch.stack(losses).mean())
+
+
+def grads(model) -> list[torch.Tensor]:
+    out = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_sft_gradient_accumulation_equals_one_big_batch(policy):
+    model, tokenizer = policy
+    examples = [SFTExample(f"Question {i}?", " short" if i % 2 else " a much longer answer "
+                           "with many more tokens in it") for i in range(4)]
+    items, _ = tokenize_sft(examples, tokenizer, 64)
+    loss_one, _ = sft.sft_step(model, items, [[0, 1, 2, 3]], tokenizer.pad_token_id, "cpu")
+    one = grads(model)
+    loss_two, _ = sft.sft_step(model, items, [[0, 3], [1], [2]], tokenizer.pad_token_id, "cpu")
+    two = grads(model)
+    torch.testing.assert_close(loss_one, loss_two)
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_reward_gradient_accumulation_equals_one_big_batch(tiny_gpt2_dir, policy):
+    _, tokenizer = policy
+    torch.manual_seed(0)
+    model = disable_dropout(init_reward_model(tiny_gpt2_dir, tokenizer))
+    pairs = [PreferencePair("Say something.", " good" * (i + 1), " bad", 0.5 if i else None)
+             for i in range(4)]
+    items, _ = tokenize_preferences(pairs, tokenizer, 64)
+    stats_one = reward_model.reward_step(model, items, [[0, 1, 2, 3]], tokenizer.pad_token_id,
+                                         "cpu", center_coef=0.1)
+    one = grads(model)
+    stats_two = reward_model.reward_step(model, items, [[0], [1, 2, 3]], tokenizer.pad_token_id,
+                                         "cpu", center_coef=0.1)
+    two = grads(model)
+    assert stats_one == pytest.approx(stats_two, abs=1e-6)
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_one_forward_scores_equal_separate_forwards(tiny_gpt2_dir, policy):
+    """Chosen and rejected concatenated in one pass score as they do alone."""
+    _, tokenizer = policy
+    torch.manual_seed(0)
+    model = disable_dropout(init_reward_model(tiny_gpt2_dir, tokenizer)).eval()
+    pairs = [PreferencePair("Say something.", " a long and friendly answer", " no"),
+             PreferencePair("Hello?", " hi", " go away, I am busy right now")]
+    items, _ = tokenize_preferences(pairs, tokenizer, 64)
+    with torch.no_grad():
+        chosen, rejected, _ = reward_model.score_all(model, items, 2, tokenizer.pad_token_id,
+                                                     "cpu")
+        alone = [reward_model.score_all(model, [item], 1, tokenizer.pad_token_id, "cpu")
+                 for item in items]
+    torch.testing.assert_close(chosen, torch.cat([a[0] for a in alone]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(rejected, torch.cat([a[1] for a in alone]), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------- configs
+
+def test_stage_optimizer_defaults_survive_overrides_of_other_fields():
+    required = ["model=m", "data=d.jsonl", "out=o"]
+    cfg = load_config(sft.SFTConfig, None, required + ["optim.schedule=cosine"])
+    assert cfg.optim.lr == 2e-5 and cfg.optim.warmup_steps == 10
+    assert cfg.optim.schedule == "cosine"
+    cfg = load_config(reward_model.RewardModelConfig, None, required + ["optim.eps=1e-8"])
+    assert cfg.optim.lr == 1e-5 and cfg.dropout is False and cfg.center_coef == 0.0
+
+
+def test_commands_are_registered_with_valid_configs():
+    by_name = {c.name: c for c in commands()}
+    for name in ("init-model", "sft", "reward"):
+        check_config_class(by_name[name].config_class())
+        assert callable(by_name[name].runner())
+    assert init_model.ARCH_CHOICES == ARCHS
+    assert init_model.SIZE_CHOICES == tuple(SIZES)
