@@ -101,8 +101,20 @@ def _resolve(target: Any) -> Any:
 # Built-in commands, named by path so that `rlhfkit --help` imports none of them.
 # Keep the config classes of heavy stages in modules that import torch lazily, so that
 # `rlhfkit <stage> --help` stays fast too.
+register("init-model", "rlhfkit.recipes.init_model:InitModelConfig",
+         "rlhfkit.recipes.init_model:main",
+         "a random tiny GPT-2 or Llama and a tokenizer trained on a text file (offline)")
+register("sft", "rlhfkit.recipes.sft:SFTConfig", "rlhfkit.recipes.sft:main",
+         "SFT stage: fine-tune a causal LM on demonstrations (loss on completion tokens)")
+register("reward", "rlhfkit.recipes.reward_model:RewardModelConfig",
+         "rlhfkit.recipes.reward_model:main",
+         "reward-model stage: Bradley-Terry training on preference pairs")
+register("demo", "rlhfkit.demo:DemoConfig", "rlhfkit.demo:main",
+         "the whole pipeline on a built-in task: SFT, feedback, reward model, RL, report")
 register("ppo", "rlhfkit.recipes.ppo_config:PPOConfig", "rlhfkit.recipes.ppo:main",
          "RL stage: PPO, REINFORCE, RLOO or GRPO against a reward model or function")
+register("report", "rlhfkit.report.build:ReportConfig", "rlhfkit.report.build:main",
+         "rebuild a run's self-contained HTML report: plots of every signal, token-level views")
 register(
     "metrics",
     "rlhfkit.metrics:MetricsViewConfig",

@@ -107,3 +107,28 @@ def response_mask_after_eos(response_ids: torch.Tensor, eos_token_id: int) -> to
     is_eos = (response_ids == eos_token_id).long()
     eos_before = is_eos.cumsum(-1) - is_eos  # EOS tokens strictly before position t
     return (eos_before == 0).long()
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompts: list[str], sampling: Sampling,
+                   generator: torch.Generator | None = None, batch_size: int = 128,
+                   max_prompt_length: int = 256) -> tuple[list[str], list[bool]]:
+    """Sample one response text per prompt, in batches: (responses, stopped at EOS?).
+
+    Prompts are encoded as everywhere in rlhfkit (`rlhfkit.data.encode_prompt`) and
+    left-padded; responses are decoded without the EOS and the padding after it.
+    """
+    from rlhfkit.data import collate_prompts, tokenize_prompts
+    device = next(model.parameters()).device
+    tokens, _ = tokenize_prompts(prompts, tokenizer, max_prompt_length)
+    texts, stopped = [], []
+    for start in range(0, len(prompts), batch_size):
+        batch = collate_prompts(tokens[start:start + batch_size], tokenizer.pad_token_id)
+        ids, mask, has_eos = sample_responses(
+            model, batch["input_ids"].to(device), batch["attention_mask"].to(device), sampling,
+            tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+        lengths = (mask.sum(-1) - has_eos.long()).tolist()
+        texts += tokenizer.batch_decode([row[:n] for row, n in zip(ids.tolist(), lengths)],
+                                        skip_special_tokens=True)
+        stopped += has_eos.tolist()
+    return texts, stopped

@@ -42,6 +42,7 @@ class Rollout:
     rewards: torch.Tensor | None = None  # (B, T) per-token rewards (KL penalty + score at the end)
     advantages: torch.Tensor | None = None  # (B, T) advantages, whitened if asked
     returns: torch.Tensor | None = None  # (B, T) value targets (None without a critic)
+    gold_scores: torch.Tensor | None = None  # (B,) a judge's scores, logged but never trained on
 
     def __len__(self) -> int:
         return len(self.prompts)

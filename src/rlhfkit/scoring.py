@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -137,7 +136,9 @@ class WeightedSum:
         if not parts:
             raise ConfigError("reward: no reward model or function was given")
         self.parts = list(parts)
-        self.name = " + ".join(f"{w:g}·{getattr(s, 'name', s)}" for w, s in self.parts)
+        names = [getattr(s, "name", str(s)) for _, s in self.parts]
+        self.name = names[0] if len(self.parts) == 1 and self.parts[0][0] == 1 else \
+            " + ".join(f"{w:g}·{n}" for (w, _), n in zip(self.parts, names))
 
     def __call__(self, req: ScoreRequest) -> torch.Tensor:
         return sum(w * scorer(req) for w, scorer in self.parts)

@@ -62,6 +62,7 @@ class Parts:
     ref: torch.nn.Module                    # frozen
     critic: ValueModel | None
     scorer: WeightedSum
+    gold: FunctionScorer | None             # logged as gold/mean, never trained on
     optimizer: torch.optim.Optimizer
     scheduler: object
     kl_ctl: FixedKLController | AdaptiveKLController
@@ -142,8 +143,9 @@ def build(cfg: PPOConfig, device, resume_from: Path | None) -> Parts:
     texts = load_prompts(cfg.prompts, tokenizer)
     tokens, _ = tokenize_prompts(texts, tokenizer, cfg.sampling.max_prompt_length,
                                  cfg.sampling.on_long_prompt)
+    gold = FunctionScorer(cfg.log.gold) if cfg.log.gold else None
     return Parts(cfg, device, tokenizer, policy, ref, critic, build_scorer(cfg, tokenizer, device),
-                 optimizer, scheduler, kl_ctl, texts, tokens,
+                 gold, optimizer, scheduler, kl_ctl, texts, tokens,
                  torch.Generator().manual_seed(cfg.seed + 1),
                  torch.Generator().manual_seed(cfg.seed + 2))
 
@@ -185,8 +187,9 @@ def collect_rollout(p: Parts) -> Rollout:
     t1 = time.perf_counter()
     texts = [p.prompt_texts[i] for i in idx]
     responses = decode_responses(p.tokenizer, response_ids, response_mask, has_eos)
-    raw = p.scorer(ScoreRequest(texts, responses, prompt_ids, prompt_mask, response_ids,
-                                response_mask, has_eos)).to(dev)
+    request = ScoreRequest(texts, responses, prompt_ids, prompt_mask, response_ids,
+                           response_mask, has_eos)
+    raw = p.scorer(request).to(dev)
     scores = raw
     if cfg.reward.missing_eos_penalty and s.stop_at_eos:
         scores = apply_missing_eos_penalty(scores, has_eos, cfg.reward.missing_eos_penalty)
@@ -204,7 +207,8 @@ def collect_rollout(p: Parts) -> Rollout:
     p.timings = {"time/generate": t1 - t0, "time/score": t2 - t1, "time/forward": t3 - t2}
     return Rollout(texts, responses, prompt_ids, prompt_mask, response_ids, response_mask,
                    has_eos, torch.cat(logprobs), torch.cat(ref_logprobs),
-                   torch.cat(values) if cfg.uses_value else None, scores, raw)
+                   torch.cat(values) if cfg.uses_value else None, scores, raw,
+                   gold_scores=p.gold(request) if p.gold else None)
 
 
 # ---------------------------------------------------------------------------- 4: advantages
@@ -328,6 +332,8 @@ def rollout_metrics(r: Rollout, kl_coef: float) -> dict[str, float]:
          "advantages/mean": masked_mean(r.advantages, mask),
          "response/length": mask.sum(-1).float().mean(),
          "response/no_eos_frac": (~r.has_eos).float().mean()}
+    if r.gold_scores is not None:
+        m["gold/mean"] = r.gold_scores.mean()
     if r.returns is not None:
         m["returns/mean"] = masked_mean(r.returns, mask)
         m["value/explained_variance"] = explained_variance(r.values, r.returns, mask)
@@ -343,7 +349,7 @@ def save_samples(p: Parts, r: Rollout) -> None:
         for b in range(n):
             length = int(r.response_mask[b].sum())
             per_token = lambda x: None if x is None else [round(float(v), 5) for v in x[b, :length]]
-            row = {"step": p.update + 1, "prompt": r.prompts[b], "response": r.responses[b],
+            row = {"step": p.update, "prompt": r.prompts[b], "response": r.responses[b],
                    "score": float(r.scores[b]), "kl": float((r.kl[b] * r.response_mask[b]).sum()),
                    "tokens": p.tokenizer.convert_ids_to_tokens(r.response_ids[b, :length].tolist()),
                    "rewards": per_token(r.rewards), "values": per_token(r.values),
@@ -352,7 +358,7 @@ def save_samples(p: Parts, r: Rollout) -> None:
             rows.append({"prompt": row["prompt"][-40:], "response": row["response"],
                          "score": row["score"], "kl": row["kl"]})
     if rows:
-        log.info("samples at update %d:\n%s", p.update + 1,
+        log.info("samples at update %d:\n%s", p.update,
                  console_table(rows, ["prompt", "response", "score", "kl"]))
 
 
@@ -438,7 +444,8 @@ def train(cfg: PPOConfig) -> Parts:
         if resume_from is None:
             log.warning("no whole checkpoint in %s: starting from the beginning", run_dir)
     device = pick_device(cfg.device)
-    log.info("rlhfkit %s on %s\n%s", cfg.algo, device, describe_config(cfg))
+    log.info("rlhfkit %s on %s; config in %s", cfg.algo, device, run_dir / "config.yaml")
+    log.debug("config:\n%s", describe_config(cfg))
     p = build(cfg, device, resume_from)
     if resume_from is not None:
         restore(p, resume_from)

@@ -106,6 +106,9 @@ class LogConfig:
     save_every: int = option(50, "write a checkpoint every N updates (and at the end)", gt=0)
     keep_last: int = option(2, "checkpoints kept", gt=0)
     max_bad_updates: int = option(3, "stop after this many skipped (non-finite) updates in a row", gt=0)
+    gold: str | None = option(None, "a function 'module:fn' or 'file.py:fn' scored on every rollout "
+                                    "and logged as gold/mean, never trained on (e.g. a held-out "
+                                    "judge, to watch for reward hacking)")
     tensorboard: bool = option(False, "mirror metrics to TensorBoard")
     wandb: bool = option(False, "mirror metrics to Weights & Biases")
 

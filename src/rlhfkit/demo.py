@@ -1,0 +1,338 @@
+"""`rlhfkit demo`: the whole RLHF pipeline on a built-in world, from nothing, on a CPU.
+
+    1. data       a synthetic corpus, prompts for RL and held-out prompts for evaluation
+    2. base model a byte-level BPE tokenizer and a random tiny GPT-2, trained offline
+    3. SFT        supervised fine-tuning on the corpus (the demonstrations)
+    4. feedback   (sentiment) pairs of SFT samples, labelled by a simulated, biased human
+    5. reward     (sentiment) a Bradley–Terry reward model on those labels
+    6. RL         PPO (or the chosen algorithm) against the reward, KL-penalised to the SFT
+                  model; for sentiment also an over-optimised run with a tiny KL coefficient
+    7. evaluate   held-out prompts, before and after: the gold score (VADER, never trained
+                  on), diversity, KL; the report in OUT/report.html
+
+Every stage is an ordinary rlhfkit recipe run on files in OUT, so each can be rerun or
+inspected on its own with the `rlhfkit` command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import load_config, option, save_config
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.recipes.ppo_config import ALGOS
+
+log = logging.getLogger("rlhfkit")
+
+
+@dataclass
+class DemoConfig:
+    task: str = option("sentiment", "built-in task", choices=("sentiment", "arithmetic"))
+    algo: str | None = option(None, "RL algorithm (default: ppo for sentiment, grpo for arithmetic)",
+                              choices=ALGOS + (None,))
+    out: str = option("runs/demo", "folder for every stage's run and the report")
+    overwrite: bool = option(False, "replace a demo that already exists in `out`")
+    fast: bool = option(False, "tiny sizes that finish in seconds (for tests), not a real result")
+    seed: int = option(0, "random seed")
+    threads: int | None = option(None, "torch threads (default: the cores not busy elsewhere)", gt=0)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The budget of each stage."""
+    model_size: str
+    sft_examples: int
+    sft_steps: int
+    pairs: int
+    rm_steps: int
+    rl_updates: int
+    rl_prompts: int
+    eval_prompts: int
+    max_new_tokens: int
+
+
+FULL = Sizes("small", 20_000, 1200, 8000, 500, 60, 32, 256, 32)
+FAST = Sizes("tiny", 400, 30, 200, 20, 3, 8, 32, 16)
+
+
+# ---------------------------------------------------------------------------- set-up
+
+def prepare_out(cfg: DemoConfig) -> Path:
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise RlhfkitError(f"'{out}' already holds files; pass overwrite=true to replace them")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    free_mb = shutil.disk_usage(out).free / 2**20
+    if free_mb < 300:
+        raise RlhfkitError(f"only {free_mb:.0f} MiB free in '{out}'; the demo needs about 300 MiB")
+    save_config(cfg, out / "demo.yaml")
+    return out
+
+
+def pin_threads(cfg: DemoConfig) -> None:
+    """Use the cores nobody else is using; on a 2-core machine a busy core slows every stage
+    many times over, so say so."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads = cfg.threads or max(1, cores - int(round(load)))
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d of %d cores (1-minute load %.1f)", threads, cores, load)
+    if load > 0.5:
+        log.warning("another process is using the CPU (load %.1f): stage times will be slower "
+                    "than on an idle machine", load)
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+class Stages:
+    """Times each stage and prints one line per stage."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args):
+        log.info("== %s", name)
+        start = time.perf_counter()
+        result = fn(*args)
+        self.times[name] = round(time.perf_counter() - start, 1)
+        log.info("== %s done in %.1f s", name, self.times[name])
+        return result
+
+
+# ---------------------------------------------------------------------------- stages
+
+def make_data(task, out: Path, sizes: Sizes, seed: int) -> dict[str, Path]:
+    """Corpus text (for the tokenizer), SFT rows, RL prompts and held-out prompts."""
+    data = out / "data"
+    data.mkdir()
+    corpus = task.make_sft_corpus(sizes.sft_examples, seed)
+    (data / "corpus.txt").write_text("\n".join(r["prompt"] + r["completion"] for r in corpus) + "\n")
+    rl_prompts = task.make_prompts(2000, seed + 1)
+    eval_prompts = task.make_prompts(sizes.eval_prompts, seed + 2)
+    return {"corpus": data / "corpus.txt", "sft": write_jsonl(data / "sft.jsonl", corpus),
+            "prompts": write_jsonl(data / "prompts.jsonl", ({"prompt": p} for p in rl_prompts)),
+            "eval_prompts": write_jsonl(data / "eval_prompts.jsonl",
+                                        ({"prompt": p} for p in eval_prompts))}
+
+
+def build_base(files, out: Path, sizes: Sizes, seed: int) -> Path:
+    from rlhfkit.models import build_tiny_model
+    return build_tiny_model("gpt2", sizes.model_size, files["corpus"], out / "base", seed=seed,
+                            vocab_size=1000)
+
+
+def run_sft(files, out: Path, sizes: Sizes, seed: int) -> Path:
+    from rlhfkit.recipes.sft import SFTConfig, train
+    cfg = load_config(SFTConfig, None, [
+        f"model={out / 'base'}", f"data={files['sft']}", f"out={out / 'sft'}", f"seed={seed}",
+        f"max_steps={sizes.sft_steps}", "batch_size=32", "optim.lr=3e-3", "optim.warmup_steps=20",
+        "optim.schedule=cosine", "max_length=96", "eval_fraction=0.02", "log.eval_every=200",
+        "log.save_every=100000", "device=cpu"])
+    train(cfg)
+    return out / "sft" / "model"
+
+
+def label_pairs(task_name: str, files, out: Path, sizes: Sizes, seed: int) -> Path:
+    """Sample two responses per prompt from the SFT model; the simulated human picks one."""
+    from rlhfkit.generation import Sampling, generate_texts
+    from rlhfkit.models import load_policy
+    from rlhfkit.tasks.sentiment import Labeler
+    model, tok = load_policy(out / "sft" / "model")
+    model.eval()
+    rng = random.Random(seed)
+    prompts = [json.loads(line)["prompt"] for line in open(files["prompts"])]
+    chosen_prompts = [rng.choice(prompts) for _ in range(sizes.pairs)]
+    gen = torch.Generator().manual_seed(seed)
+    sampling = Sampling(sizes.max_new_tokens, temperature=1.0)
+    a, _ = generate_texts(model, tok, chosen_prompts, sampling, gen, batch_size=256)
+    b, _ = generate_texts(model, tok, chosen_prompts, sampling, gen, batch_size=256)
+    rows = Labeler(seed=seed).label_pairs(chosen_prompts, a, b)
+    rows = [r for r in rows if r["chosen"].strip() and r["rejected"].strip()]  # no empty answers
+    log.info("labelled %d pairs (%d dropped: ties, identical or empty responses)", len(rows),
+             sizes.pairs - len(rows))
+    return write_jsonl(out / "data" / "pairs.jsonl", rows)
+
+
+def run_reward(files, out: Path, sizes: Sizes, seed: int) -> Path:
+    from rlhfkit.recipes.reward_model import RewardModelConfig, train
+    cfg = load_config(RewardModelConfig, None, [
+        f"model={out / 'sft' / 'model'}", f"data={out / 'data' / 'pairs.jsonl'}",
+        f"out={out / 'reward'}", f"seed={seed}", f"max_steps={sizes.rm_steps}", "batch_size=32",
+        "optim.lr=1e-3", "optim.warmup_steps=20", "max_length=96", "eval_fraction=0.05",
+        "log.eval_every=100", "log.save_every=100000", "device=cpu"])
+    train(cfg)
+    return out / "reward" / "model"
+
+
+def run_rl(task, algo: str, files, out: Path, sizes: Sizes, seed: int, name: str,
+           kl_coef: float) -> Path:
+    from rlhfkit.recipes.ppo import train
+    from rlhfkit.recipes.ppo_config import PPOConfig
+    reward = ([f"reward.model={out / 'reward' / 'model'}"] if task.reward_fn is None else
+              [f"reward.functions=[{task.reward_fn.__module__}:{task.reward_fn.__name__}]",
+               "value.kind=head"])
+    group = 4 if algo in ("rloo", "grpo") else 1
+    cfg = load_config(PPOConfig, None, reward + [
+        f"policy={out / 'sft' / 'model'}", f"prompts={files['prompts']}", f"out={out / name}",
+        f"algo={algo}", f"seed={seed}", f"kl.coef={kl_coef}", "device=cpu",
+        f"batch.num_updates={sizes.rl_updates}", f"batch.prompts_per_update={sizes.rl_prompts // group}",
+        f"batch.samples_per_prompt={group}", f"batch.micro_batch_size={min(32, sizes.rl_prompts)}",
+        f"sampling.max_new_tokens={sizes.max_new_tokens}", "optim.lr=3e-4", "optim.schedule=constant",
+        f"log.gold={task.eval_fn.__module__}:{task.eval_fn.__name__}", "log.sample_every=10",
+        "log.save_every=100000"])
+    train(cfg)
+    return out / name / "policy"
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def sample_with_kl(policy, ref, tok, prompts: list[str], max_new_tokens: int, seed: int,
+                   batch_size: int = 128) -> tuple[list[str], list[float]]:
+    """Responses at temperature 0.7 and each one's KL to the reference: Σ_t log π/π_ref of
+    the sampled tokens (the k1 estimate, summed over the response)."""
+    from rlhfkit.data import collate_prompts, tokenize_prompts
+    from rlhfkit.generation import Sampling, sample_responses
+    from rlhfkit.recipes.ppo import decode_responses
+    from rlhfkit.rollout import score_tokens
+    gen = torch.Generator().manual_seed(seed)
+    tokens, _ = tokenize_prompts(prompts, tok, 128)
+    texts, kls = [], []
+    for start in range(0, len(prompts), batch_size):
+        batch = collate_prompts(tokens[start:start + batch_size], tok.pad_token_id)
+        ids, mask, has_eos = sample_responses(policy, batch["input_ids"], batch["attention_mask"],
+                                              Sampling(max_new_tokens, 0.7), tok.eos_token_id,
+                                              tok.pad_token_id, gen)
+        chunk = {"prompt_ids": batch["input_ids"], "prompt_mask": batch["attention_mask"],
+                 "response_ids": ids, "response_mask": mask}
+        lp, _, _ = score_tokens(policy, chunk, 0.7)
+        ref_lp, _, _ = score_tokens(ref, chunk, 0.7)
+        kls += ((lp - ref_lp) * mask).sum(-1).tolist()
+        texts += decode_responses(tok, ids, mask, has_eos)
+    return texts, kls
+
+
+def policy_metrics(task, prompts, texts, kls) -> dict[str, float]:
+    from rlhfkit.tasks.sentiment import distinct_n, max_sentence_share
+    gold = task.eval_fn(prompts, texts)
+    out = {"gold": sum(gold) / len(gold), "kl_to_sft": sum(kls) / len(kls),
+           "length_words": sum(len(t.split()) for t in texts) / len(texts)}
+    if task.name == "sentiment":
+        out["distinct_2"] = distinct_n(texts, 2)
+        out["max_sentence_share"] = max_sentence_share(texts)
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+@torch.no_grad()
+def reward_model_gold_accuracy(task, out: Path, prompts: list[str], sft, tok, sizes: Sizes,
+                               seed: int) -> float:
+    """Share of held-out response pairs the reward model orders as the gold score does
+    (pairs the gold scores as ties are left out)."""
+    from rlhfkit.data import collate_prompts, encode_prompt, encode_response
+    from rlhfkit.generation import Sampling, generate_texts
+    from rlhfkit.models import load_reward_model, score_sequences
+    rm, rm_tok = load_reward_model(out / "reward" / "model")
+    rm.eval()
+    gen = torch.Generator().manual_seed(seed + 7)
+    sampling = Sampling(sizes.max_new_tokens, temperature=1.0)
+    a, _ = generate_texts(sft, tok, prompts, sampling, gen)
+    b, _ = generate_texts(sft, tok, prompts, sampling, gen)
+
+    def scores(responses):
+        rows = [encode_prompt(p, rm_tok) + encode_response(r, rm_tok) for p, r in zip(prompts, responses)]
+        batch = collate_prompts(rows, rm_tok.pad_token_id)
+        return score_sequences(rm, batch["input_ids"], batch["attention_mask"])
+    rm_a, rm_b = scores(a), scores(b)
+    gold_a, gold_b = task.eval_fn(prompts, a), task.eval_fn(prompts, b)
+    right = [(ga > gb) == bool(ra > rb) for ga, gb, ra, rb in zip(gold_a, gold_b, rm_a, rm_b) if ga != gb]
+    return round(sum(right) / max(len(right), 1), 4)
+
+
+def evaluate(task, files, out: Path, sizes: Sizes, seed: int, runs: list[str]) -> dict:
+    """Before (SFT) and after (each RL run) on held-out prompts; writes OUT/eval.json."""
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+    tok = load_tokenizer(out / "sft" / "model")
+    sft = load_causal_lm(out / "sft" / "model", tok).eval()
+    prompts = [json.loads(line)["prompt"] for line in open(files["eval_prompts"])]
+    before_texts, before_kls = sample_with_kl(sft, sft, tok, prompts, sizes.max_new_tokens, seed)
+    report = {"before": policy_metrics(task, prompts, before_texts, before_kls)}
+    after_texts = {}
+    for name in runs:
+        policy = load_causal_lm(out / name / "policy", tok).eval()
+        after_texts[name], kls = sample_with_kl(policy, sft, tok, prompts, sizes.max_new_tokens, seed)
+        report["after" if name == runs[0] else name] = policy_metrics(task, prompts, after_texts[name], kls)
+    if (out / "reward" / "model").exists():
+        report["reward_model_gold_accuracy"] = reward_model_gold_accuracy(
+            task, out, prompts, sft, tok, sizes, seed)
+    gold_before = task.eval_fn(prompts[:12], before_texts[:12])
+    gold_after = task.eval_fn(prompts[:12], after_texts[runs[0]][:12])
+    report["samples"] = [{"prompt": p, "SFT": b, "gold SFT": round(gb, 3), runs[0]: a,
+                          f"gold {runs[0]}": round(ga, 3)}
+                         for p, b, a, gb, ga in zip(prompts, before_texts, after_texts[runs[0]],
+                                                    gold_before, gold_after)]
+    (out / "eval.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+# ---------------------------------------------------------------------------- the pipeline
+
+def main(cfg: DemoConfig) -> int:
+    from rlhfkit.recipes.common import seed_everything, setup_logging
+    from rlhfkit.tasks import get_task
+    task = get_task(cfg.task)
+    algo = cfg.algo or task.algorithm
+    out = prepare_out(cfg)
+    setup_logging(out)
+    pin_threads(cfg)
+    seed_everything(cfg.seed)
+    sizes = FAST if cfg.fast else FULL
+    stages = Stages()
+    files = stages.run("1. data", make_data, task, out, sizes, cfg.seed)
+    stages.run("2. tokenizer and base model", build_base, files, out, sizes, cfg.seed)
+    stages.run("3. SFT", run_sft, files, out, sizes, cfg.seed)
+    runs = [algo]
+    if task.reward_fn is None:
+        stages.run("4. human feedback (simulated)", label_pairs, task.name, files, out, sizes, cfg.seed)
+        stages.run("5. reward model", run_reward, files, out, sizes, cfg.seed)
+        stages.run(f"6. {algo}", run_rl, task, algo, files, out, sizes, cfg.seed, algo, 0.05)
+        stages.run(f"6b. {algo}, over-optimised (tiny KL)", run_rl, task, algo, files, out, sizes,
+                   cfg.seed, f"{algo}_overopt", 0.001)
+        runs.append(f"{algo}_overopt")
+    else:
+        stages.run(f"6. {algo}", run_rl, task, algo, files, out, sizes, cfg.seed, algo, 0.05)
+    report = stages.run("7. evaluation", evaluate, task, files, out, sizes, cfg.seed, runs)
+    report["stage_seconds"] = stages.times
+    (out / "eval.json").write_text(json.dumps(report, indent=1))
+    from rlhfkit.report import build_report
+    page = build_report(out, runs=runs, title=f"rlhfkit demo: {task.name}, {algo}")
+    log.info("\n%s", summary_lines(report, stages.times))
+    log.info("report: %s", page)
+    return 0
+
+
+def summary_lines(report: dict, times: dict) -> str:
+    before, after = report["before"], report["after"]
+    lines = [f"{'':22}{'SFT':>10}{'after RL':>10}"]
+    for key in before:
+        lines.append(f"{key:22}{before[key]:>10}{after[key]:>10}")
+    if "reward_model_gold_accuracy" in report:
+        lines.append(f"reward-model accuracy against gold: {report['reward_model_gold_accuracy']}")
+    stage_times = ", ".join(f"{name.split(' ', 1)[1]} {seconds} s" for name, seconds in times.items())
+    lines.append(f"time: {sum(times.values()):.0f} s ({stage_times})")
+    return "\n".join(lines)
