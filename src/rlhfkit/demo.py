@@ -60,7 +60,7 @@ class Sizes:
     max_new_tokens: int
 
 
-FULL = Sizes("small", 20_000, 1200, 8000, 500, 60, 32, 256, 32)
+FULL = Sizes("small", 20_000, 400, 4000, 300, 40, 32, 256, 32)
 FAST = Sizes("tiny", 400, 30, 200, 20, 3, 8, 32, 16)
 
 
@@ -80,17 +80,34 @@ def prepare_out(cfg: DemoConfig) -> Path:
     return out
 
 
+def busy_cores(seconds: float = 0.5) -> float:
+    """Cores kept busy by other processes right now, from two reads of /proc/stat (the load
+    average lags by a minute, so it would count processes that just ended)."""
+    def read():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+    try:
+        total0, idle0 = read()
+        time.sleep(seconds)
+        total1, idle1 = read()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    busy = 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+    return busy * (os.cpu_count() or 1)
+
+
 def pin_threads(cfg: DemoConfig) -> None:
     """Use the cores nobody else is using; on a 2-core machine a busy core slows every stage
     many times over, so say so."""
     cores = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    threads = cfg.threads or max(1, cores - int(round(load)))
+    busy = busy_cores()
+    threads = cfg.threads or max(1, cores - int(round(busy)))
     torch.set_num_threads(threads)
-    log.info("torch threads: %d of %d cores (1-minute load %.1f)", threads, cores, load)
-    if load > 0.5:
-        log.warning("another process is using the CPU (load %.1f): stage times will be slower "
-                    "than on an idle machine", load)
+    log.info("torch threads: %d of %d cores (%.1f cores busy elsewhere)", threads, cores, busy)
+    if busy > 0.5:
+        log.warning("another process is using %.1f cores: stage times will be slower than on "
+                    "an idle machine", busy)
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -1,0 +1,40 @@
+"""The demo pipeline end to end, at tiny sizes: every stage runs on real files and models,
+and the report is written from them."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rlhfkit.config import load_config
+from rlhfkit.demo import DemoConfig, main
+
+
+def test_fast_sentiment_demo_writes_every_stage_and_the_report(tmp_path):
+    out = tmp_path / "demo"
+    assert main(load_config(DemoConfig, None, [f"out={out}", "fast=true", "threads=1"])) == 0
+    for stage in ("sft/model", "reward/model", "ppo/policy", "ppo_overopt/policy"):
+        assert (out / stage / "config.json").exists(), stage
+    pairs = (out / "data" / "pairs.jsonl").read_text().splitlines()
+    assert pairs and all({"prompt", "chosen", "rejected"} <= json.loads(p).keys() for p in pairs)
+    report = json.loads((out / "eval.json").read_text())
+    for key in ("gold", "kl_to_sft", "distinct_2", "max_sentence_share"):
+        assert key in report["before"] and key in report["after"] and key in report["ppo_overopt"]
+    assert report["before"]["kl_to_sft"] == 0.0 and report["after"]["kl_to_sft"] > 0
+    assert 0.0 <= report["reward_model_gold_accuracy"] <= 1.0
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "Samples before and after" in page
+    ppo_rows = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert all("gold/mean" in row for row in ppo_rows)
+    assert (out / "figures" / "reward_vs_kl.png").exists()
+
+
+def test_demo_refuses_an_occupied_folder_and_an_unknown_task(tmp_path):
+    (tmp_path / "other.txt").write_text("someone else's run")
+    for args, message in [([f"out={tmp_path}"], "already holds files; pass overwrite=true"),
+                          (["task=poetry"], "task: expected one of sentiment, arithmetic")]:
+        done = subprocess.run([sys.executable, "-m", "rlhfkit", "demo", *args],
+                              capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
