@@ -42,6 +42,10 @@ class DemoConfig:
     out: str = option("runs/demo", "folder for every stage's run and the report")
     overwrite: bool = option(False, "replace a demo that already exists in `out`")
     fast: bool = option(False, "tiny sizes that finish in seconds (for tests), not a real result")
+    labeler_bias: str = option("length", "the simulated annotator's systematic bias (sentiment): "
+                                         "length favours longer answers, first_sentence skims, "
+                                         "none reads like the gold judge",
+                               choices=("length", "first_sentence", "none"))
     seed: int = option(0, "random seed")
     threads: int | None = option(None, "torch threads (default: the cores not busy elsewhere)", gt=0)
 
@@ -165,7 +169,7 @@ def run_sft(files, out: Path, sizes: Sizes, seed: int) -> Path:
     return out / "sft" / "model"
 
 
-def label_pairs(task_name: str, files, out: Path, sizes: Sizes, seed: int) -> Path:
+def label_pairs(bias: str, files, out: Path, sizes: Sizes, seed: int) -> Path:
     """Sample two responses per prompt from the SFT model; the simulated human picks one."""
     from rlhfkit.generation import Sampling, generate_texts
     from rlhfkit.models import load_policy
@@ -179,7 +183,7 @@ def label_pairs(task_name: str, files, out: Path, sizes: Sizes, seed: int) -> Pa
     sampling = Sampling(sizes.max_new_tokens, temperature=1.0)
     a, _ = generate_texts(model, tok, chosen_prompts, sampling, gen, batch_size=256)
     b, _ = generate_texts(model, tok, chosen_prompts, sampling, gen, batch_size=256)
-    rows = Labeler(seed=seed).label_pairs(chosen_prompts, a, b)
+    rows = Labeler(bias=bias, seed=seed).label_pairs(chosen_prompts, a, b)
     rows = [r for r in rows if r["chosen"].strip() and r["rejected"].strip()]  # no empty answers
     log.info("labelled %d pairs (%d dropped: ties, identical or empty responses)", len(rows),
              sizes.pairs - len(rows))
@@ -325,7 +329,8 @@ def main(cfg: DemoConfig) -> int:
     stages.run("3. SFT", run_sft, files, out, sizes, cfg.seed)
     runs = [algo]
     if task.reward_fn is None:
-        stages.run("4. human feedback (simulated)", label_pairs, task.name, files, out, sizes, cfg.seed)
+        stages.run("4. human feedback (simulated)", label_pairs, cfg.labeler_bias, files, out,
+                   sizes, cfg.seed)
         stages.run("5. reward model", run_reward, files, out, sizes, cfg.seed)
         stages.run(f"6. {algo}", run_rl, task, algo, files, out, sizes, cfg.seed, algo, 0.05)
         stages.run(f"6b. {algo}, over-optimised (tiny KL)", run_rl, task, algo, files, out, sizes,

@@ -251,3 +251,62 @@ def test_cli_bad_batch_is_one_line_and_exit_code_2(files, tmp_path, tiny_gpt2_di
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: batch.micro_batch_size: 5 does not divide the mini-batch of 16 rows"]
+
+
+# ---- alignment, stop token, config files ---------------------------------------------------
+
+def test_logits_are_read_one_position_before_their_token(tiny_gpt2_dir):
+    """The off-by-one between logits and tokens: under greedy decoding every sampled token is
+    the argmax of the logits that predicted it; reading them one position late breaks this."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rlhfkit.generation import Sampling, sample_responses
+    from rlhfkit.rollout import response_forward
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    enc = tok(["the cat likes", "What is 12 + 30? The answer"], return_tensors="pt", padding=True)
+    ids, mask, _ = sample_responses(model, enc.input_ids, enc.attention_mask,
+                                    Sampling(max_new_tokens=8, temperature=0), -1, tok.pad_token_id)
+    with torch.no_grad():
+        logits, _ = response_forward(model, enc.input_ids, enc.attention_mask, ids, mask)
+    assert torch.equal(logits.argmax(-1), ids)
+    # and against a plain full forward pass: the logits at input position P−1+t score token t
+    ids, mask, _ = sample_responses(model, enc.input_ids, enc.attention_mask,
+                                    Sampling(max_new_tokens=8, temperature=1.0), -1,
+                                    tok.pad_token_id, torch.Generator().manual_seed(0))
+    full_ids = torch.cat([enc.input_ids, ids], 1)
+    full_mask = torch.cat([enc.attention_mask, mask], 1)
+    with torch.no_grad():
+        full = model(input_ids=full_ids, attention_mask=full_mask,
+                     position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits
+        ours, _ = response_forward(model, enc.input_ids, enc.attention_mask, ids, mask)
+    prompt_len = enc.input_ids.shape[1]
+    assert torch.allclose(ours, full[:, prompt_len - 1:-1], atol=1e-5)
+    assert not torch.allclose(ours, full[:, prompt_len:], atol=1e-2)  # one position late
+
+
+def test_a_configured_stop_token_ends_responses(files, tmp_path, tiny_gpt2_dir):
+    tok = load_tokenizer(tiny_gpt2_dir)
+    stop = "Ġthe" if "Ġthe" in tok.get_vocab() else tok.convert_ids_to_tokens(100)
+    cfg = config(files, tmp_path, f"sampling.stop_token={stop}", "batch.num_updates=1",
+                 "batch.prompts_per_update=32", "sampling.temperature=1.0",
+                 "sampling.max_new_tokens=24", policy=tiny_gpt2_dir)
+    p = build(cfg, torch.device("cpu"), None)
+    rollout = collect_rollout(p)
+    stop_id = tok.convert_tokens_to_ids(stop)
+    for ids, m, stopped in zip(rollout.response_ids, rollout.response_mask, rollout.has_eos):
+        n = int(m.sum())
+        assert (ids[n - 1] == stop_id) == bool(stopped)
+        assert stop_id not in ids[:n - 1].tolist()
+    with pytest.raises(RlhfkitError, match="sampling.stop_token: 'no-such-token' is not a token"):
+        collect_rollout(build(config(files, tmp_path / "x", "sampling.stop_token=no-such-token",
+                                     policy=tiny_gpt2_dir), torch.device("cpu"), None))
+
+
+@pytest.mark.parametrize("name", ["ppo_sentiment.yaml", "grpo_function_reward.yaml", "rloo.yaml"])
+def test_the_example_configs_load(name, files, tmp_path, tiny_gpt2_dir):
+    path = Path(__file__).parents[2] / "configs" / name
+    cfg = load_config(PPOConfig, path, [f"policy={tiny_gpt2_dir}", f"prompts={files / 'prompts.jsonl'}",
+                                        f"out={tmp_path}", f"reward.functions=[{files / 'reward.py'}:spaces]",
+                                        f"value.model={tiny_gpt2_dir}"])
+    assert cfg.algo == name.split("_")[0].split(".")[0]
+    assert cfg.batch_plan()["rollout batch"] >= cfg.batch.micro_batch_size

@@ -34,8 +34,9 @@ from rlhfkit.checkpoint import (latest_checkpoint, load_trainer_state, save_chec
 from rlhfkit.config import assert_same_config
 from rlhfkit.core import (ADVANTAGE_ESTIMATORS, AdaptiveKLController, FixedKLController,
                           apply_missing_eos_penalty, entropy_from_logits, explained_variance,
-                          kl_estimate, logprobs_from_logits, masked_mean, masked_whiten,
-                          per_token_rewards, ppo_policy_loss, ppo_value_loss, reduce_loss)
+                          kl_estimate, logprobs_from_logits, masked_mean, masked_var,
+                          masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss,
+                          reduce_loss)
 from rlhfkit.data import collate_prompts, load_prompts, tokenize_prompts
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.generation import Sampling, sample_responses
@@ -170,6 +171,17 @@ def decode_responses(tokenizer, response_ids, response_mask, has_eos) -> list[st
                                   skip_special_tokens=True)
 
 
+def stop_token_id(tokenizer, stop_token: str | None) -> int:
+    """The id that ends a response: the EOS, or the configured `sampling.stop_token`."""
+    if stop_token is None:
+        return tokenizer.eos_token_id
+    ids = tokenizer.convert_tokens_to_ids([stop_token])
+    if not ids or ids[0] is None or ids[0] == tokenizer.unk_token_id:
+        raise RlhfkitError(f"sampling.stop_token: {stop_token!r} is not a token of the policy's "
+                           "tokenizer")
+    return ids[0]
+
+
 def collect_rollout(p: Parts) -> Rollout:
     """Steps 1–3: sample, score, and compute old/reference log-probs and values."""
     cfg, dev = p.cfg, p.device
@@ -180,7 +192,7 @@ def collect_rollout(p: Parts) -> Rollout:
     prompt_ids, prompt_mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
     s = cfg.sampling
     t0 = time.perf_counter()
-    eos = p.tokenizer.eos_token_id if s.stop_at_eos else -1  # -1: no token ends a response
+    eos = stop_token_id(p.tokenizer, s.stop_token) if s.stop_at_eos else -1  # -1: never stop
     response_ids, response_mask, has_eos = sample_responses(
         p.lm, prompt_ids, prompt_mask, Sampling(s.max_new_tokens, s.temperature, s.top_k, s.top_p),
         eos, p.tokenizer.pad_token_id, p.sampling_gen)
@@ -330,12 +342,14 @@ def rollout_metrics(r: Rollout, kl_coef: float) -> dict[str, float]:
          "reward/total": (r.rewards * mask).sum(-1).mean(),
          "reward/non_score": (r.rewards * mask).sum(-1).mean() - r.scores.mean(),
          "advantages/mean": masked_mean(r.advantages, mask),
+         "advantages/std": masked_var(r.advantages, mask, unbiased=False).sqrt(),
          "response/length": mask.sum(-1).float().mean(),
          "response/no_eos_frac": (~r.has_eos).float().mean()}
     if r.gold_scores is not None:
         m["gold/mean"] = r.gold_scores.mean()
     if r.returns is not None:
         m["returns/mean"] = masked_mean(r.returns, mask)
+        m["returns/std"] = masked_var(r.returns, mask, unbiased=False).sqrt()
         m["value/explained_variance"] = explained_variance(r.values, r.returns, mask)
     return {k: float(v) for k, v in m.items()}
 

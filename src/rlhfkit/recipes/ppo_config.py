@@ -54,7 +54,10 @@ class SamplingConfig:
     temperature: float = option(0.7, "sampling temperature (also used in every log-prob)", gt=0)
     top_k: int = option(0, "sample from the k most likely tokens (0: off)", ge=0)
     top_p: float = option(1.0, "nucleus sampling mass (1.0: off)", gt=0, le=1)
-    stop_at_eos: bool = option(True, "end a response at EOS (false: always max_new_tokens tokens)")
+    stop_at_eos: bool = option(True, "end a response at the stop token (false: always "
+                                     "max_new_tokens tokens)")
+    stop_token: str | None = option(None, "the token that ends a response (default: the "
+                                          "tokenizer's EOS)")
 
 
 @dataclass
