@@ -46,6 +46,9 @@ class DemoConfig:
                                          "length favours longer answers, first_sentence skims, "
                                          "none reads like the gold judge",
                                choices=("length", "first_sentence", "none"))
+    kl_coef: float = option(0.2, "KL coefficient of the main RL run", ge=0)
+    overopt_kl_coef: float = option(0.001, "KL coefficient of the over-optimised run (sentiment)",
+                                    ge=0)
     seed: int = option(0, "random seed")
     threads: int | None = option(None, "torch threads (default: the cores not busy elsewhere)", gt=0)
 
@@ -64,7 +67,7 @@ class Sizes:
     max_new_tokens: int
 
 
-FULL = Sizes("small", 20_000, 400, 4000, 300, 40, 32, 256, 32)
+FULL = Sizes("small", 20_000, 400, 8000, 500, 60, 32, 256, 32)
 FAST = Sizes("tiny", 400, 30, 200, 20, 3, 8, 32, 16)
 
 
@@ -164,6 +167,7 @@ def run_sft(files, out: Path, sizes: Sizes, seed: int) -> Path:
         f"model={out / 'base'}", f"data={files['sft']}", f"out={out / 'sft'}", f"seed={seed}",
         f"max_steps={sizes.sft_steps}", "batch_size=32", "optim.lr=3e-3", "optim.warmup_steps=20",
         "optim.schedule=cosine", "max_length=96", "eval_fraction=0.02", "log.eval_every=200",
+        "dropout=false",
         "log.save_every=100000", "device=cpu"])
     train(cfg)
     return out / "sft" / "model"
@@ -332,12 +336,12 @@ def main(cfg: DemoConfig) -> int:
         stages.run("4. human feedback (simulated)", label_pairs, cfg.labeler_bias, files, out,
                    sizes, cfg.seed)
         stages.run("5. reward model", run_reward, files, out, sizes, cfg.seed)
-        stages.run(f"6. {algo}", run_rl, task, algo, files, out, sizes, cfg.seed, algo, 0.05)
+        stages.run(f"6. {algo}", run_rl, task, algo, files, out, sizes, cfg.seed, algo, cfg.kl_coef)
         stages.run(f"6b. {algo}, over-optimised (tiny KL)", run_rl, task, algo, files, out, sizes,
-                   cfg.seed, f"{algo}_overopt", 0.001)
+                   cfg.seed, f"{algo}_overopt", cfg.overopt_kl_coef)
         runs.append(f"{algo}_overopt")
     else:
-        stages.run(f"6. {algo}", run_rl, task, algo, files, out, sizes, cfg.seed, algo, 0.05)
+        stages.run(f"6. {algo}", run_rl, task, algo, files, out, sizes, cfg.seed, algo, cfg.kl_coef)
     report = stages.run("7. evaluation", evaluate, task, files, out, sizes, cfg.seed, runs)
     report["stage_seconds"] = stages.times
     (out / "eval.json").write_text(json.dumps(report, indent=1))

@@ -94,8 +94,11 @@ def tiny_config(arch: str, size: str, tokenizer: PreTrainedTokenizerFast):
     ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     if arch == "gpt2":
+        # gelu_pytorch_tanh: the same function as GPT-2's gelu_new, one fused kernel
+        # instead of five elementwise ops (a third of a tiny model's step on a CPU)
         return GPT2Config(n_embd=s["hidden"], n_layer=s["layers"], n_head=s["heads"],
-                          n_positions=s["context"], **ids)
+                          n_positions=s["context"], activation_function="gelu_pytorch_tanh",
+                          **ids)
     return LlamaConfig(hidden_size=s["hidden"], intermediate_size=4 * s["hidden"],
                        num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
                        num_key_value_heads=s["heads"], max_position_embeddings=s["context"],
