@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: install
+	@bash scripts/ensure_browser.sh  # Chromium for tests/web; never fails, tests skip without it
 	$(PY) -m pytest tests
 
 demo: install

@@ -115,6 +115,10 @@ register("ppo", "rlhfkit.recipes.ppo_config:PPOConfig", "rlhfkit.recipes.ppo:mai
          "RL stage: PPO, REINFORCE, RLOO or GRPO against a reward model or function")
 register("report", "rlhfkit.report.build:ReportConfig", "rlhfkit.report.build:main",
          "rebuild a run's self-contained HTML report: plots of every signal, token-level views")
+register("sample-pairs", "rlhfkit.label.pairs:SamplePairsConfig", "rlhfkit.label.pairs:main",
+         "sample two responses per prompt from a model, to label later with `rlhfkit label`")
+register("label", "rlhfkit.label.command:LabelConfig", "rlhfkit.label.command:main",
+         "collect human preferences in a local web page (stats=true: counts and agreement)")
 register(
     "metrics",
     "rlhfkit.metrics:MetricsViewConfig",
