@@ -365,9 +365,11 @@ def _unknown_message(name: str, known: list[str]) -> str:
     last = name.rsplit(".", 1)[-1]
     # A bare `lr=` for `optim.lr`: the last segment names one option exactly.
     same_leaf = [k for k in known if k.rsplit(".", 1)[-1] == last and k != name]
-    guess = same_leaf if len(same_leaf) == 1 else difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    guess = same_leaf or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     message = f"unknown option {_show(name)}"
-    return f"{message}; did you mean {guess[0]!r}?" if guess else message
+    if not guess:
+        return message
+    return f"{message}; did you mean {' or '.join(repr(g) for g in guess[:3])}?"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,8 +503,9 @@ def _to_float(value: Any, raw: str | None) -> Any:
         number = float(value)
     except OverflowError:  # an int too large for a float
         return _FAIL
-    # NaN passes every comparison as False, so it would slip through range checks unseen.
-    return _FAIL if math.isnan(number) else number
+    # NaN passes every comparison as False, so it would slip through range checks unseen;
+    # an infinite learning rate or clip range is no setting either (`null` turns one off).
+    return number if math.isfinite(number) else _FAIL
 
 
 def _to_bool(value: Any, raw: str | None) -> Any:

@@ -11,13 +11,16 @@ batch of rollouts — and returns one float32 score per response, shape (B,).
   appended when the response stopped). Optional normalisation with the mean and std the
   reward-model recipe stored in the model's config.
 - `FunctionScorer`: `fn(prompts, responses) -> list[float]`, imported from
-  `module:function` or `path/to/file.py:function` — only from the place the user named.
+  `module:function` or `path/to/file.py:function` — only from the place the user named: a
+  file is executed from exactly that path (its folder is not added to `sys.path`), a module
+  by the ordinary import system; nothing is imported by any other name.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -89,21 +92,36 @@ def load_function(spec: str) -> Callable:
         raise ConfigError(f"reward function: expected 'module:function' or 'file.py:function', "
                           f"got {spec!r}")
     if module_name.endswith(".py"):
-        path = Path(module_name).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"reward function: no such file '{path}'")
-        module_spec = importlib.util.spec_from_file_location(f"rlhfkit_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        module = _import_file(Path(module_name).expanduser())
     else:
         try:
             module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise ConfigError(f"reward function: cannot import module '{module_name}': {err}")
+        except Exception as err:  # the user's module failed to import: one line, not a traceback
+            raise ConfigError(f"reward function: cannot import module '{module_name}': "
+                              f"{type(err).__name__}: {err}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"reward function: '{module_name}' has no function '{attr}'")
     return fn
+
+
+def _import_file(path: Path):
+    """Execute the file at `path` as a module of its own name (registered, so dataclasses
+    and pickling inside it work), without adding its folder to sys.path."""
+    if not path.is_file():
+        raise ConfigError(f"reward function: no such file '{path}'")
+    name = f"rlhfkit_user_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # a syntax error or a failing import in the user's file
+        del sys.modules[name]
+        line = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
+        raise ConfigError(f"reward function: importing '{path}' failed{line}: "
+                          f"{type(err).__name__}: {err}") from None
+    return module
 
 
 class FunctionScorer:
@@ -120,7 +138,7 @@ class FunctionScorer:
             raise RlhfkitError(f"{self.name} raised {type(err).__name__}: {err}") from err
         try:
             values = [float(v) for v in out]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RlhfkitError(f"{self.name} must return a list of numbers, got "
                                f"{type(out).__name__}") from None
         if len(values) != len(req.responses):

@@ -310,3 +310,11 @@ def test_the_example_configs_load(name, files, tmp_path, tiny_gpt2_dir):
                                         f"value.model={tiny_gpt2_dir}"])
     assert cfg.algo == name.split("_")[0].split(".")[0]
     assert cfg.batch_plan()["rollout batch"] >= cfg.batch.micro_batch_size
+
+
+def test_prompt_order_visits_every_prompt_once_per_epoch_and_is_a_function_of_the_update():
+    from rlhfkit.recipes.ppo import prompt_indices
+    seen = [i for u in range(5) for i in prompt_indices(u, 10, 4, seed=3)]  # 2 epochs of 10
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    assert seen[:10] != seen[10:20]  # a new order each epoch
+    assert prompt_indices(3, 10, 4, seed=3) == seen[12:16]

@@ -15,7 +15,7 @@ from rlhfkit.checkpoint import (latest_checkpoint, list_checkpoints, load_rng_st
 
 
 def write_files(folder):
-    (folder / "weights.bin").write_bytes(os.urandom(1000))
+    (folder / "weights.safetensors").write_bytes(os.urandom(1000))
     (folder / "sub").mkdir()
     (folder / "sub" / "state.json").write_text('{"step": 1}')
 
@@ -45,7 +45,7 @@ def test_a_write_that_dies_leaves_no_checkpoint_under_its_final_name(tmp_path):
 def test_a_damaged_checkpoint_is_skipped_with_a_message_naming_it(tmp_path, caplog, damage):
     save_checkpoint(tmp_path, 1, write_files)
     bad = save_checkpoint(tmp_path, 2, write_files)
-    target = bad / "weights.bin"
+    target = bad / "weights.safetensors"
     if damage == "truncate":
         target.write_bytes(target.read_bytes()[:10])
     elif damage == "flip":

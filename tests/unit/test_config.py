@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rlhfkit.cli import main as cli_main
 from rlhfkit.config import (
     REQUIRED,
     assert_same_config,
@@ -22,6 +25,9 @@ from rlhfkit.config import (
     save_config,
 )
 from rlhfkit.errors import ConfigError
+from rlhfkit.recipes.ppo_config import PPOConfig as RealPPOConfig
+from rlhfkit.recipes.reward_model import RewardModelConfig
+from rlhfkit.recipes.sft import SFTConfig
 
 
 # A tiny config in the shape of the real ones: scalars, a Literal, optionals, a list, a
@@ -248,3 +254,101 @@ def test_random_overrides_load_or_raise_config_error(overrides):
         assert "\n" not in str(err)
     else:
         assert isinstance(cfg, ExampleConfig)
+
+
+# --- the real commands: every bad option is exit code 2 and one line ----------------------
+#
+# Through the command line itself (`rlhfkit <stage> ... --print-config`, which checks the
+# whole config and stops before loading anything), on the config classes users really type.
+
+_REQUIRED = {"sft": ["model=m", "data=d.jsonl", "out=o"],
+             "reward": ["model=m", "data=d.jsonl", "out=o"],
+             "ppo": ["policy=p", "prompts=p.jsonl", "out=o", "reward.functions=[r.py:f]",
+                     "value.kind=head"]}
+_CLASSES = {"sft": SFTConfig, "reward": RewardModelConfig, "ppo": RealPPOConfig}
+
+
+def run_stage(stage: str, *args: str, capsys) -> tuple[int, list[str]]:
+    code = cli_main([stage, *_REQUIRED[stage], *args, "--print-config"])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("stage, override, message", [
+    ("ppo", "optim.lr=-1e-5", "optim.lr: must be > 0, got -1e-05"),
+    ("sft", "optim.lr=0", "optim.lr: must be > 0, got 0.0"),
+    ("ppo", "optim.lr=1e400", "optim.lr: expected a float, got '1e400'"),
+    ("ppo", "optim.lr=nan", "optim.lr: expected a float, got 'nan'"),
+    ("ppo", "optim.lr=fast", "optim.lr: expected a float, got 'fast'"),
+    ("ppo", "loss.clip_eps=0", "loss.clip_eps: must be > 0, got 0.0"),
+    ("ppo", "loss.clip_eps=-0.2", "loss.clip_eps: must be > 0, got -0.2"),
+    ("ppo", "loss.gamma=1.5", "loss.gamma: must be <= 1, got 1.5"),
+    ("ppo", "loss.lam=-0.1", "loss.lam: must be >= 0, got -0.1"),
+    ("ppo", "batch.prompts_per_update=0", "batch.prompts_per_update: must be > 0, got 0"),
+    ("ppo", "batch.micro_batch_size=0", "batch.micro_batch_size: must be > 0, got 0"),
+    ("ppo", "batch.micro_batch_size=5", "batch.micro_batch_size: 5 does not divide the "
+                                        "mini-batch of 16 rows"),
+    ("sft", "batch_size=0", "batch_size: must be > 0, got 0"),
+    ("reward", "batch_size=-4", "batch_size: must be > 0, got -4"),
+    ("sft", "max_steps=2.5", "max_steps: expected an int or null, got '2.5'"),
+    ("ppo", "sampling.top_p=1.5", "sampling.top_p: must be <= 1, got 1.5"),
+    ("ppo", "algo=ppx", "algo: expected one of ppo, reinforce, rloo, grpo, got 'ppx'"),
+    ("ppo", "optim.lrr=1e-5", "unknown option 'optim.lrr'; did you mean 'optim.lr'?"),
+    ("ppo", "lr=1e-5", "unknown option 'lr'; did you mean 'value.lr' or 'optim.lr'?"),
+    ("ppo", "batch.micro_batchsize=4",
+     "unknown option 'batch.micro_batchsize'; did you mean 'batch.micro_batch_size'?"),
+    ("ppo", "kl.coeff=0.1", "unknown option 'kl.coeff'; did you mean 'kl.coef'?"),
+    ("sft", "bacth_size=4", "unknown option 'bacth_size'; did you mean 'batch_size'?"),
+    ("reward", "max_lenght=64", "unknown option 'max_lenght'; did you mean 'max_length'?"),
+])
+def test_a_bad_option_of_a_real_command_is_exit_2_and_one_line(stage, override, message, capsys):
+    code, lines = run_stage(stage, override, capsys=capsys)
+    assert code == 2 and lines == [f"error: {message}"]
+
+
+def test_a_bad_yaml_file_names_the_option(tmp_path, capsys):
+    path = tmp_path / "ppo.yaml"
+    path.write_text("optim:\n  lr: fast\n")
+    code, lines = run_stage("ppo", "--config", str(path), capsys=capsys)
+    assert code == 2 and lines == ["error: optim.lr: expected a float, got 'fast'"]
+    path.write_text("loss: {gamma: 2}\n")
+    code, lines = run_stage("ppo", "--config", str(path), capsys=capsys)
+    assert code == 2 and lines == ["error: loss.gamma: must be <= 1, got 2.0"]
+
+
+def _typo(name: str, i: int) -> str:
+    """One character of `name` dropped, doubled or swapped with the next."""
+    i %= len(name)
+    return [name[:i] + name[i + 1:], name[:i] + name[i] + name[i:],
+            name[:i] + name[i + 1:i + 2] + name[i:i + 1] + name[i + 2:]][i % 3]
+
+
+_BAD_VALUES = ["-1", "0", "-0.5", "1.5", "1e400", "-1e400", "nan", "inf", "abc", "", "true",
+               "null", "[1, 2]", "{a: 1}", "[", "'q'", "0x10", "1_000", "999999999999999999999",
+               "2024-01-01", "&a [*a]", "!!python/object:os.system x", "\x00", "é"]
+
+
+@st.composite
+def _real_override(draw, stage: str) -> str:
+    names = option_names(_CLASSES[stage])
+    name = draw(st.sampled_from(names))
+    if draw(st.integers(0, 3)) == 0:
+        name = _typo(name, draw(st.integers(0, 100)))
+    value = draw(st.one_of(st.sampled_from(_BAD_VALUES), st.text(max_size=8),
+                           st.integers().map(str), st.floats().map(str)))
+    return f"{name}={value}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(_REQUIRED)).flatmap(
+    lambda stage: st.tuples(st.just(stage), st.lists(_real_override(stage), min_size=1,
+                                                    max_size=3))))
+def test_random_options_of_the_real_commands_load_or_fail_in_one_line(stage_and_overrides):
+    stage, overrides = stage_and_overrides
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = cli_main([stage, *_REQUIRED[stage], *overrides, "--print-config"])
+    lines = err.getvalue().strip().splitlines()
+    if code == 0:
+        assert lines == [] and out.getvalue()  # the resolved config was printed
+    else:
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines

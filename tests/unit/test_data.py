@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from datetime import timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -461,3 +462,160 @@ def test_random_bytes_read_or_raise_data_error(tmp_path_factory, content, suffix
         read_rows(path)
     except DataError:
         pass
+
+
+# ---------------------------------------------------------------------------- fuzzing every loader
+#
+# Malformed data of every kind, in every file format, through every loader and its
+# tokenization: each case ends in a clean load that keeps every row (no row is ever dropped
+# without a count) or in one DataError line that starts with the file's name. Anything else
+# — a traceback from json, the csv module, pyarrow or the tokenizer — fails the test.
+
+_HUGE = "word " * 40_000                  # 200 kB: far longer than any context
+_ODD_TEXT = st.sampled_from(["", " ", "\n", "\t \n", _HUGE, "\ud800 a lone surrogate",
+                             "é" * 40, "<|eos|>", "\x00", "\u2028line\u2029", "🙂" * 10])
+_FUZZ_TEXT = st.one_of(st.text(max_size=30), _ODD_TEXT)
+_FUZZ_VALUE = st.one_of(_FUZZ_TEXT, st.integers(), st.just(10 ** 400), st.booleans(),
+                        st.floats(allow_nan=True, allow_infinity=True), st.none(), _CHAT,
+                        st.lists(st.integers(), max_size=3),
+                        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+_FUZZ_ROW = st.dictionaries(st.sampled_from(_FIELDS + ["id", "extra"]), _FUZZ_VALUE, max_size=6)
+# A well-formed row for every loader at once (prompt; prompt + completion; prompt + chosen +
+# rejected), so that one bad field is what a loader meets, not a wrong layout.
+_GOOD_TEXT = st.text(min_size=1, max_size=20).filter(str.strip)
+_GOOD_ROW = st.builds(lambda p, c, a, b: {"prompt": p, "completion": c, "chosen": a,
+                                          "rejected": a + b},
+                      st.text(max_size=20), _GOOD_TEXT, _GOOD_TEXT, _GOOD_TEXT)
+# Values that have broken a loader somewhere: half of the edits use one of them.
+_NASTY = st.sampled_from(["", "   ", "\ud800", "\udfff tail", _HUGE, 10 ** 400, -(10 ** 400),
+                          float("nan"), float("inf"), True, None, [], {}, 0, [{"role": "user"}],
+                          [{"role": "assistant", "content": 3}], {"content": "x"}, "\x00"])
+_OWN_FIELDS = ["prompt", "completion", "chosen", "rejected", "margin"]
+_EDIT = st.tuples(st.integers(0, 5), st.sampled_from(_OWN_FIELDS * 3 + _FIELDS + ["extra"]),
+                  st.one_of(st.just("delete"), _NASTY, _NASTY, _FUZZ_VALUE))
+
+
+@st.composite
+def _fuzz_rows(draw) -> list[dict]:
+    """Well-formed rows with up to 3 edits (a field set to an odd value, deleted, or added),
+    or rows of random fields, or a mix with chat rows."""
+    if draw(st.booleans()):
+        rows = draw(st.lists(_GOOD_ROW, min_size=1, max_size=6))
+        for index, name, value in draw(st.lists(_EDIT, max_size=3)):
+            row = rows[index % len(rows)]
+            if value == "delete":
+                row.pop(name, None)
+            else:
+                row[name] = value
+        return rows
+    return draw(st.lists(st.one_of(_FUZZ_ROW, _TEXT_PAIR, _CHAT_PAIR, _CHAT_SFT), max_size=6))
+
+
+_ROWS = _fuzz_rows()
+# None half of the time: a file that is not damaged byte-wise must also keep every row.
+_MUTATION = st.one_of(st.sampled_from([None, None, None]),
+                      st.tuples(st.just("truncate"), st.floats(0, 1)),
+                      st.tuples(st.just("bad_utf8"), st.floats(0, 1),
+                                st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80"])),
+                      st.tuples(st.just("junk"), st.floats(0, 1), st.binary(min_size=1, max_size=8)))
+_FORMATS = st.sampled_from(["jsonl", "jsonl", "json", "csv", "parquet"])
+
+
+def _parquet_safe(rows: list[dict]) -> list[dict]:
+    """Parquet columns hold one type: keep text (made encodable), JSON-encode the rest."""
+    def plain(v):
+        if isinstance(v, str):
+            return v.encode("utf-8", "replace").decode("utf-8")
+        return None if v is None else json.dumps(v, default=str)
+    return [{k: plain(v) for k, v in row.items()} for row in rows]
+
+
+def _write_fuzz(path, fmt: str, rows: list[dict]) -> None:
+    if fmt == "jsonl":
+        path.write_bytes("".join(json.dumps(r) + "\n" for r in rows).encode())
+    elif fmt == "json":
+        path.write_bytes(json.dumps(rows).encode())
+    elif fmt == "csv":
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with open(path, "w", newline="", encoding="utf-8", errors="surrogatepass") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in rows])
+    else:
+        pq.write_table(pa.Table.from_pylist(_parquet_safe(rows)), path)
+
+
+def _mutate(path, mutation) -> None:
+    if mutation is None:
+        return
+    data = path.read_bytes()
+    at = int(mutation[1] * len(data))
+    if mutation[0] == "truncate":
+        data = data[:at]
+    else:
+        data = data[:at] + mutation[2] + data[at:]
+    path.write_bytes(data)
+
+
+_FUZZ_CASES = {"loaded": 0, "data_error": 0}
+
+
+@settings(max_examples=400, deadline=timedelta(seconds=30),
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])  # caplog: cleared per call
+@given(fmt=_FORMATS, rows=_ROWS, mutation=_MUTATION)
+def test_every_loader_survives_malformed_files_in_every_format(tmp_path_factory, tiny_tokenizer,
+                                                               caplog, fmt, rows, mutation):
+    path = tmp_path_factory.getbasetemp() / f"fuzz.{fmt}"
+    _write_fuzz(path, fmt, rows)
+    _mutate(path, mutation)
+    steps = ((load_prompts, lambda r: tokenize_prompts(r, tiny_tokenizer, 16)),
+             (load_sft, lambda r: tokenize_sft(r, tiny_tokenizer, 24)),
+             (load_preferences, lambda r: tokenize_preferences(r, tiny_tokenizer, 24)))
+    for load, tokenize in steps:
+        caplog.clear()
+        try:
+            records = load(path, tokenizer=tiny_tokenizer)
+            items, cut = tokenize(records)  # 16-24 tokens: many rows are longer than that
+        except DataError as e:
+            assert "\n" not in str(e) and str(e).startswith(str(path)), str(e)
+            _FUZZ_CASES["data_error"] += 1
+            continue
+        _FUZZ_CASES["loaded"] += 1
+        assert len(items) == len(records)  # tokenization never drops a row
+        if mutation is None:
+            assert len(records) == len(rows)  # nor does loading
+        if cut:
+            assert f"truncated {cut} of {len(records)}" in caplog.text  # counted in the log
+
+
+def test_the_fuzzing_saw_both_outcomes():
+    """Guards the fuzz test above against testing nothing (run in the same session)."""
+    if _FUZZ_CASES["loaded"] + _FUZZ_CASES["data_error"] == 0:
+        pytest.skip("the fuzz test did not run in this session")
+    print(f"fuzzed loader calls: {_FUZZ_CASES}")
+    assert _FUZZ_CASES["loaded"] > 0 and _FUZZ_CASES["data_error"] > 0
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"prompt": "a", "completion": " b", "margin": 1' + "0" * 5000 + "}",
+     ":2: invalid JSON: Exceeds the limit (4300 digits)"),
+    ('{"prompt": ' + "[" * 50_000 + "}", ":2: invalid JSON: nested too deeply"),
+    ('{"prompt": "\\ud800", "completion": " b"}', ":2: field 'prompt': invalid text"),
+])
+def test_json_that_breaks_pythons_parser_or_unicode_is_a_data_error(tmp_path, line, problem):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a", "completion": " b"}\n' + line + "\n")
+    assert raises_data_error(load_sft, path).startswith(f"{path}{problem}")
+
+
+def test_a_margin_too_large_for_a_float_is_a_data_error(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": " b", "rejected": " c",
+                                               "margin": 10 ** 400}])
+    assert raises_data_error(load_preferences, path).startswith(
+        f"{path}:1: field 'margin': expected a finite number, got 1000")
+
+
+def test_a_csv_value_longer_than_128_kib_loads(tmp_path):
+    path = write_csv(tmp_path / "s.csv", [{"prompt": "a", "completion": " " + _HUGE}])
+    assert load_sft(path)[0].completion == " " + _HUGE

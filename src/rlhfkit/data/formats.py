@@ -187,11 +187,12 @@ class _Row:
         if not isinstance(value, bool):  # True is an int in Python, but no margin
             try:
                 number = float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # 10**400 is an int, not a float
                 number = math.nan
             if math.isfinite(number):
                 return number
-        raise self.error(field, f"expected a finite number, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise self.error(field, f"expected a finite number, got {shown}")
 
     # -- chat messages
 

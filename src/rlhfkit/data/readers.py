@@ -92,7 +92,38 @@ def _as_object(path: Path, where: int, value) -> dict:
     if not isinstance(value, dict):
         raise DataError(path, where, None,
                         f"expected a JSON object, got {_json_type(value)}")
+    for key, item in value.items():
+        if _has_lone_surrogate(item):
+            raise DataError(path, where, key, "invalid text: a \\ud800-\\udfff escape that "
+                            "is half of a character (a lone surrogate), not valid Unicode")
     return value
+
+
+def _has_lone_surrogate(value) -> bool:
+    """JSON escapes like "\\ud800" decode to strings no tokenizer can encode."""
+    if isinstance(value, str):
+        if value.isascii():
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, list):
+        return any(map(_has_lone_surrogate, value))
+    if isinstance(value, dict):
+        return any(map(_has_lone_surrogate, value.values()))
+    return False
+
+
+def _json_error(path: Path, line: int | None, err: Exception) -> DataError:
+    """A DataError for anything json.loads raises: malformed text, a number of more than
+    4300 digits (ValueError), nesting too deep for the parser (RecursionError)."""
+    if isinstance(err, json.JSONDecodeError):
+        return DataError(path, line, None, f"invalid JSON: {err.msg} (column {err.colno})")
+    if isinstance(err, RecursionError):
+        return DataError(path, line, None, "invalid JSON: nested too deeply")
+    return DataError(path, line, None, f"invalid JSON: {_first_line(err)}")
 
 
 def _json_type(value) -> str:
@@ -110,9 +141,8 @@ def _read_jsonl(path: Path, text: str) -> Rows:
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, line_no, None,
-                            f"invalid JSON: {e.msg} (column {e.colno})") from None
+        except (ValueError, RecursionError) as e:
+            raise _json_error(path, line_no, e) from None
         rows.append((line_no, _as_object(path, line_no, value)))
     return rows
 
@@ -130,8 +160,9 @@ def _read_json(path: Path, text: str) -> Rows:
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":
             return _read_jsonl(path, text)
-        raise DataError(path, e.lineno, None,
-                        f"invalid JSON: {e.msg} (column {e.colno})") from None
+        raise _json_error(path, e.lineno, e) from None
+    except (ValueError, RecursionError) as e:
+        raise _json_error(path, None, e) from None
     if isinstance(data, dict):
         return [(0, data)]
     if not isinstance(data, list):
@@ -142,6 +173,8 @@ def _read_json(path: Path, text: str) -> Rows:
 
 def _read_csv(path: Path, text: str) -> Rows:
     """A header row, then one row per record; every value is a string."""
+    # The csv module refuses values over 128 KiB by default; a long document is no error.
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)

@@ -1,4 +1,5 @@
-"""Pieces every recipe shares: optimizer and schedule, device, seeds, the run folder."""
+"""Pieces every recipe shares: optimizer and schedule, device, seeds, the run folder, and
+the guard rails (non-finite values, the model's context, running out of memory)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import random
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +87,9 @@ def prepare_run_dir(out: str, overwrite: bool, resume: bool, cfg) -> Path:
         if not holds_run:
             raise RlhfkitError(f"cannot resume: '{run_dir}' holds no run (no config.yaml)")
         return run_dir
-    if holds_run or (run_dir.exists() and any(run_dir.iterdir())):
+    # A run killed while saving its config leaves only that temporary file: no run yet.
+    debris = lambda p: p.name.startswith(".config.yaml.") and p.name.endswith(".tmp")
+    if holds_run or (run_dir.exists() and not all(map(debris, run_dir.iterdir()))):
         if not overwrite:
             raise RlhfkitError(f"'{run_dir}' already holds files; pass overwrite=true to replace "
                                "them, or resume=true to continue that run")
@@ -123,3 +127,85 @@ def describe_config(cfg) -> str:
                 lines.append(f"  {prefix}{key}: {value}")
     walk(config_to_dict(cfg), "")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- guard rails
+
+def model_context(name_or_path, trust_remote_code: bool = False) -> int | None:
+    """The most tokens the model can attend to (n_positions, max_position_embeddings), read
+    from its config alone; None when the config does not say."""
+    from transformers import AutoConfig
+
+    from rlhfkit.models.loading import from_pretrained
+    config = from_pretrained(AutoConfig, name_or_path, trust_remote_code=trust_remote_code)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def fit_context(length: int, context: int | None, option_name: str, model: str) -> int:
+    """`length`, or the model's context when `length` is longer: learned position
+    embeddings (GPT-2) have no row past the context, so a longer sequence would crash."""
+    if context is None or length <= context:
+        return length
+    log.warning("%s=%d is longer than the context of '%s' (%d tokens): using %d", option_name,
+                length, model, context, context)
+    return context
+
+
+def clip_grad_norm(parameters, max_norm: float | None) -> torch.Tensor:
+    """The total gradient norm, clipped to `max_norm` (None: not clipped), as
+    torch.nn.utils.clip_grad_norm_ does — except that a non-finite norm leaves every
+    gradient as it was, instead of multiplying them all by NaN, so the parameter at fault
+    can still be named (`nonfinite_grad`)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    device = grads[0].device
+    total = torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(g.detach(), 2.0).to(device) for g in grads]), 2.0)
+    if max_norm is not None and bool(torch.isfinite(total)):
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for g in grads:
+            g.detach().mul_(coef.to(g.device))
+    return total
+
+
+def nonfinite_grad(named_parameters) -> str | None:
+    """Name of the first parameter whose gradient holds a NaN or an infinity, else None."""
+    for name, param in named_parameters:
+        if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+            return name
+    return None
+
+
+def nonfinite_parameter(model: torch.nn.Module) -> str | None:
+    """Name of the first parameter holding a NaN or an infinity, else None."""
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            return name
+    return None
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or an allocator's RuntimeError (CPU, cuBLAS, MPS)."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text
+                                              or "can't allocate memory" in text)
+
+
+@contextmanager
+def out_of_memory_hint(doing: str, lower: str):
+    """Running out of memory inside the block becomes one line saying what was running and
+    which batch settings to lower, instead of a traceback from deep inside torch."""
+    try:
+        yield
+    except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(err):
+            raise
+        raise RlhfkitError(f"out of memory while {doing}: lower {lower}") from None

@@ -16,13 +16,20 @@ One update, as the lecture draws it:
 Dropout is off in every model, and every model stays in eval mode, training included: the
 log-probs of step 3 and of the first step of 5 are then computed identically, and the
 importance ratio is exactly 1 before the first update (N+ implementation details).
+
+Guard rails: an update whose scores, log-probabilities or values are not finite is skipped,
+and so is an optimizer step whose loss or gradient is not finite, each with a warning naming
+the model (policy, reference, critic or value head) and the term (policy loss, value loss,
+KL loss, entropy, gradient); `log.max_bad_updates` skipped updates in a row stop the run,
+naming the last good checkpoint and what to try. Running out of memory names the batch
+setting to lower.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +37,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.checkpoint import (latest_checkpoint, load_trainer_state, save_checkpoint,
-                                save_trainer_state)
+                                save_trainer_state, write_folder)
 from rlhfkit.config import assert_same_config
 from rlhfkit.core import (ADVANTAGE_ESTIMATORS, AdaptiveKLController, FixedKLController,
                           apply_missing_eos_penalty, entropy_from_logits, explained_variance,
@@ -38,13 +45,15 @@ from rlhfkit.core import (ADVANTAGE_ESTIMATORS, AdaptiveKLController, FixedKLCon
                           masked_whiten, per_token_rewards, ppo_policy_loss, ppo_value_loss,
                           reduce_loss)
 from rlhfkit.data import collate_prompts, load_prompts, tokenize_prompts
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import DataError, RlhfkitError
 from rlhfkit.generation import Sampling, sample_responses
 from rlhfkit.metrics import MetricsLogger, console_table
 from rlhfkit.models import (PolicyWithValueHead, ValueModel, disable_dropout, load_causal_lm,
                             load_tokenizer)
-from rlhfkit.recipes.common import (describe_config, make_optimizer, make_scheduler,
-                                    pick_device, prepare_run_dir, seed_everything, setup_logging)
+from rlhfkit.recipes.common import (clip_grad_norm, describe_config, make_optimizer,
+                                    make_scheduler, model_context, nonfinite_grad,
+                                    nonfinite_parameter, out_of_memory_hint, pick_device,
+                                    prepare_run_dir, seed_everything, setup_logging)
 from rlhfkit.recipes.ppo_config import PPOConfig
 from rlhfkit.rollout import Rollout, chunked, critic_values, response_forward, score_tokens, select
 from rlhfkit.scoring import (FunctionScorer, RewardModelScorer, ScoreRequest, WeightedSum,
@@ -73,6 +82,7 @@ class Parts:
     shuffle_gen: torch.Generator
     update: int = 0                         # updates completed
     bad_in_a_row: int = 0                   # consecutive skipped updates
+    last_skip: str | None = None            # why the last optimizer step was skipped
     timings: dict = field(default_factory=dict)
 
     @property
@@ -122,9 +132,32 @@ def build_models(cfg: PPOConfig, tokenizer, device, policy_dir: str, value_dir: 
     return policy, ref, critic
 
 
-def build(cfg: PPOConfig, device, resume_from: Path | None) -> Parts:
+def load_data(cfg: PPOConfig, tokenizer) -> tuple[list[str], list[list[int]]]:
+    """Prompt texts and token ids. A prompt plus its response must fit the policy's context
+    (learned position embeddings have no row past it): longer prompts lose their start."""
+    texts = load_prompts(cfg.prompts, tokenizer)
+    s, context = cfg.sampling, model_context(cfg.policy, cfg.trust_remote_code)
+    max_prompt = s.max_prompt_length
+    if context is not None and s.max_prompt_length + s.max_new_tokens > context:
+        max_prompt = context - s.max_new_tokens
+        if max_prompt < 1:
+            raise RlhfkitError(f"sampling.max_new_tokens: {s.max_new_tokens} leaves no room for "
+                               f"a prompt in the {context}-token context of '{cfg.policy}'")
+        log.warning("sampling.max_prompt_length=%d + max_new_tokens=%d is more than the %d-token "
+                    "context of '%s': prompts keep their last %d tokens", s.max_prompt_length,
+                    s.max_new_tokens, context, cfg.policy, max_prompt)
+    try:
+        tokens, _ = tokenize_prompts(texts, tokenizer, max_prompt, s.on_long_prompt)
+    except DataError as err:  # name the file, not just the prompt's position in it
+        raise DataError(cfg.prompts, None, "prompt", err.problem) from None
+    return texts, tokens
+
+
+def build(cfg: PPOConfig, device, resume_from: Path | None, data=None) -> Parts:
+    """Every part of a run; `data` is (tokenizer, texts, tokens) when already loaded."""
     seed_everything(cfg.seed)
-    tokenizer = load_tokenizer(cfg.policy, cfg.trust_remote_code)
+    tokenizer = data[0] if data else load_tokenizer(cfg.policy, cfg.trust_remote_code)
+    texts, tokens = data[1:] if data else load_data(cfg, tokenizer)
     policy_dir = str(resume_from / "policy") if resume_from else cfg.policy
     value_dir = str(resume_from / "value") if resume_from and cfg.uses_value and cfg.value.kind == "critic" else None
     policy, ref, critic = build_models(cfg, tokenizer, device, policy_dir, value_dir)
@@ -141,9 +174,6 @@ def build(cfg: PPOConfig, device, resume_from: Path | None) -> Parts:
     scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
     kl_ctl = (AdaptiveKLController(cfg.kl.coef, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
               else FixedKLController(cfg.kl.coef))
-    texts = load_prompts(cfg.prompts, tokenizer)
-    tokens, _ = tokenize_prompts(texts, tokenizer, cfg.sampling.max_prompt_length,
-                                 cfg.sampling.on_long_prompt)
     gold = FunctionScorer(cfg.log.gold) if cfg.log.gold else None
     return Parts(cfg, device, tokenizer, policy, ref, critic, build_scorer(cfg, tokenizer, device),
                  gold, optimizer, scheduler, kl_ctl, texts, tokens,
@@ -156,11 +186,13 @@ def build(cfg: PPOConfig, device, resume_from: Path | None) -> Parts:
 def prompt_indices(update: int, n_prompts: int, per_update: int, seed: int) -> list[int]:
     """Prompts of update `update`: consecutive slices of one shuffled order per epoch, so the
     data position is a pure function of the update number (resume needs no loader state)."""
-    out = []
+    orders, out = {}, []
     for k in range(update * per_update, (update + 1) * per_update):
         epoch, offset = divmod(k, n_prompts)
-        order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + 1000 * epoch))
-        out.append(int(order[offset]))
+        if epoch not in orders:
+            gen = torch.Generator().manual_seed(seed + 1000 * epoch)
+            orders[epoch] = torch.randperm(n_prompts, generator=gen).tolist()
+        out.append(orders[epoch][offset])
     return out
 
 
@@ -190,18 +222,26 @@ def collect_rollout(p: Parts) -> Rollout:
     idx = [i for i in idx for _ in range(group)]            # G contiguous samples per prompt
     batch = collate_prompts([p.prompt_tokens[i] for i in idx], p.tokenizer.pad_token_id)
     prompt_ids, prompt_mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
-    s = cfg.sampling
+    s, b = cfg.sampling, cfg.batch
     t0 = time.perf_counter()
     eos = stop_token_id(p.tokenizer, s.stop_token) if s.stop_at_eos else -1  # -1: never stop
-    response_ids, response_mask, has_eos = sample_responses(
-        p.lm, prompt_ids, prompt_mask, Sampling(s.max_new_tokens, s.temperature, s.top_k, s.top_p),
-        eos, p.tokenizer.pad_token_id, p.sampling_gen)
+    # the whole rollout batch is generated at once
+    with out_of_memory_hint(f"generating {len(idx)} responses at once",
+                            f"batch.prompts_per_update (now {b.prompts_per_update}), "
+                            f"batch.samples_per_prompt (now {group}) or sampling.max_new_tokens "
+                            f"(now {s.max_new_tokens})"):
+        response_ids, response_mask, has_eos = sample_responses(
+            p.lm, prompt_ids, prompt_mask,
+            Sampling(s.max_new_tokens, s.temperature, s.top_k, s.top_p),
+            eos, p.tokenizer.pad_token_id, p.sampling_gen)
     t1 = time.perf_counter()
     texts = [p.prompt_texts[i] for i in idx]
     responses = decode_responses(p.tokenizer, response_ids, response_mask, has_eos)
     request = ScoreRequest(texts, responses, prompt_ids, prompt_mask, response_ids,
                            response_mask, has_eos)
-    raw = p.scorer(request).to(dev)
+    no_grad_passes = f"batch.forward_batch_size (now {b.forward_batch_size})"
+    with out_of_memory_hint(f"scoring with {p.scorer.name}", no_grad_passes):
+        raw = p.scorer(request).to(dev)
     scores = raw
     if cfg.reward.missing_eos_penalty and s.stop_at_eos:
         scores = apply_missing_eos_penalty(scores, has_eos, cfg.reward.missing_eos_penalty)
@@ -210,11 +250,12 @@ def collect_rollout(p: Parts) -> Rollout:
     parts = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
              "response_ids": response_ids, "response_mask": response_mask}
     logprobs, ref_logprobs, values = [], [], []
-    for rows in chunked(len(idx), cfg.batch.forward_batch_size):
-        chunk = {k: v[rows] for k, v in parts.items()}
-        lp, val, _ = score_tokens(p.policy, chunk, s.temperature, p.critic)
-        ref_lp, _, _ = score_tokens(p.ref, chunk, s.temperature)
-        logprobs.append(lp), ref_logprobs.append(ref_lp), values.append(val)
+    with out_of_memory_hint("computing old and reference log-probs and values", no_grad_passes):
+        for rows in chunked(len(idx), cfg.batch.forward_batch_size):
+            chunk = {k: v[rows] for k, v in parts.items()}
+            lp, val, _ = score_tokens(p.policy, chunk, s.temperature, p.critic)
+            ref_lp, _, _ = score_tokens(p.ref, chunk, s.temperature)
+            logprobs.append(lp), ref_logprobs.append(ref_lp), values.append(val)
     t3 = time.perf_counter()
     p.timings = {"time/generate": t1 - t0, "time/score": t2 - t1, "time/forward": t3 - t2}
     return Rollout(texts, responses, prompt_ids, prompt_mask, response_ids, response_mask,
@@ -282,20 +323,20 @@ def optimizer_step(p: Parts, rows: torch.Tensor, rollout: Rollout, kl_coef: floa
     normalizer = mask.sum() if cfg.loss.reduction == "token_mean" else len(rows)
     stats_list = []
     for micro in rows.split(cfg.batch.micro_batch_size):
-        loss, stats = micro_batch_loss(p, select(rollout, micro), normalizer, kl_coef)
-        if not torch.isfinite(loss):
-            bad = [k for k, v in stats.items() if k.startswith("loss/") and not torch.isfinite(v)]
-            return skip(p, f"non-finite {', '.join(bad) or 'loss'}")
-        loss.backward()
+        with out_of_memory_hint("training (forward and backward of a micro-batch)",
+                                f"batch.micro_batch_size (now {cfg.batch.micro_batch_size}; "
+                                "the mini-batch stays the same through gradient accumulation)"):
+            loss, stats = micro_batch_loss(p, select(rollout, micro), normalizer, kl_coef)
+            if not torch.isfinite(loss):
+                return skip(p, nonfinite_terms(p, stats))
+            loss.backward()
         # loss terms already carry the mini-batch normaliser and add up over micro-batches;
         # the other statistics are micro-batch means, weighted by their share of the rows
         stats_list.append({k: float(v) * (1 if k in GLOBALLY_NORMALISED else len(micro) / len(rows))
                            for k, v in stats.items()})
-    params = trainable(p)
-    max_norm = cfg.optim.max_grad_norm or math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grad_norm = clip_grad_norm(trainable(p), cfg.optim.max_grad_norm)
     if not torch.isfinite(grad_norm):
-        return skip(p, "non-finite gradient of the policy/value model")
+        return skip(p, nonfinite_gradient(p))
     p.optimizer.step()
     p.optimizer.zero_grad(set_to_none=True)
     p.scheduler.step()
@@ -304,8 +345,39 @@ def optimizer_step(p: Parts, rows: torch.Tensor, rollout: Rollout, kl_coef: floa
     return summed
 
 
+def value_model_name(p: Parts) -> str:
+    return "critic" if p.critic is not None else "value head"
+
+
+def nonfinite_terms(p: Parts, stats: dict) -> str:
+    """Which loss terms of which model are NaN or infinite, e.g. 'value loss of the critic
+    is inf'."""
+    names = {"loss/policy": "policy loss of the policy",
+             "loss/value": f"value loss of the {value_model_name(p)}",
+             "loss/kl": "KL loss of the policy (against the reference model)",
+             "policy/entropy": "entropy of the policy"}
+    bad = [f"{names[k]} is {float(v)}" for k, v in stats.items()
+           if k in names and not torch.isfinite(v)]
+    return "non-finite " + ("; ".join(bad) if bad else "total loss")
+
+
+def nonfinite_gradient(p: Parts) -> str:
+    """Which model's gradient is NaN or infinite, and its first such parameter."""
+    models = [("policy", p.lm)]
+    if isinstance(p.policy, PolicyWithValueHead):
+        models.append(("value head", p.policy.value_head))
+    if p.critic is not None:
+        models.append(("critic", p.critic))
+    for name, model in models:
+        bad = nonfinite_grad(model.named_parameters())
+        if bad is not None:
+            return f"non-finite gradient of the {name} (first at {bad})"
+    return "non-finite gradient norm"
+
+
 def skip(p: Parts, reason: str) -> None:
     p.optimizer.zero_grad(set_to_none=True)
+    p.last_skip = reason
     log.warning("update %d: skipped an optimizer step: %s", p.update + 1, reason)
     p.timings["skipped_steps"] = p.timings.get("skipped_steps", 0) + 1
     return None
@@ -377,6 +449,14 @@ def save_samples(p: Parts, r: Rollout) -> None:
 
 
 def write_checkpoint(p: Parts) -> Path:
+    # Weights that are no longer finite are never checkpointed: the newest checkpoint must
+    # stay the last good one.
+    for name, model in (("policy", p.policy), ("critic", p.critic)):
+        bad = nonfinite_parameter(model) if model is not None else None
+        if bad is not None:
+            stop_run(p, f"the weights of the {name} are not finite after update {p.update} "
+                        f"(first: {bad}), so no checkpoint was written of them")
+
     def write(folder: Path) -> None:
         p.policy.save_pretrained(folder / "policy")
         p.tokenizer.save_pretrained(folder / "policy")
@@ -395,12 +475,19 @@ def restore(p: Parts, folder: Path) -> None:
                                generators={"sampling": p.sampling_gen, "shuffle": p.shuffle_gen})
     p.update, p.bad_in_a_row = state["update"], state["bad_in_a_row"]
     p.kl_ctl.load_state_dict(state["kl_ctl"])
-    truncate_jsonl(Path(p.cfg.out) / "metrics.jsonl", p.update)
-    truncate_jsonl(Path(p.cfg.out) / "samples.jsonl", p.update)
+    drop_lines_after(p.cfg.out, p.update)
+
+
+def drop_lines_after(run_dir, update: int) -> None:
+    """Metrics and samples a killed run logged after its last checkpoint will be logged
+    again by the resumed run: drop them (all of them, update 0, without a checkpoint)."""
+    truncate_jsonl(Path(run_dir) / "metrics.jsonl", update)
+    truncate_jsonl(Path(run_dir) / "samples.jsonl", update)
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop the lines a killed run wrote after its last checkpoint (they will be redone)."""
+    """Drop the lines a killed run wrote after its last checkpoint (they will be redone).
+    The file is replaced atomically, so a kill during the truncation loses nothing."""
     if not path.exists():
         return
     kept = []
@@ -408,31 +495,68 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
         try:
             if json.loads(line)["step"] <= last_step:
                 kept.append(line)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             break  # a line cut by the kill: everything after it is gone too
-    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def rollout_problem(p: Parts, r: Rollout) -> tuple[str, str] | None:
+    """(what is not finite, its kind) for the scores, the policy's and the reference
+    model's log-probs and the values of a rollout; None when all are finite."""
+    problem = nonfinite_message(r.raw_scores, p.scorer.name)
+    if problem:
+        return problem, "scores"
+    mask = r.response_mask.bool()
+    for tensor, what in ((r.logprobs, "log-probabilities of the policy"),
+                         (r.ref_logprobs, "log-probabilities of the reference model"),
+                         (r.values, f"values of the {value_model_name(p)}")):
+        bad = (~torch.isfinite(tensor) & mask).sum() if tensor is not None else 0
+        if bad:
+            return f"{int(bad)} {what} are not finite", "model outputs"
+    return None
+
+
+def stop_run(p: Parts, what: str) -> None:
+    """Stop the run: what went wrong, the last good checkpoint, and what to try."""
+    last = latest_checkpoint(p.cfg.out, quiet=True)
+    kept = f"the last good checkpoint, {last}, is intact" if last else "no checkpoint yet"
+    clip = f"now {p.cfg.reward.clip:g}" if p.cfg.reward.clip else "now off"
+    raise RlhfkitError(
+        f"stopped after {what}; {kept}. Try a lower learning rate (optim.lr, now "
+        f"{p.cfg.optim.lr:g}), reward clipping (reward.clip, {clip}) and check "
+        f"{p.scorer.name}; then start again with overwrite=true (resume=true continues from "
+        "that checkpoint with the same settings)")
+
+
+def bad_update(p: Parts, problem: str, kind: str) -> None:
+    """Count an update skipped for non-finite values; max_bad_updates in a row stop the run."""
+    p.bad_in_a_row += 1
+    log.warning("update %d skipped: %s", p.update + 1, problem)
+    if p.bad_in_a_row >= p.cfg.log.max_bad_updates:
+        stop_run(p, f"{p.bad_in_a_row} updates in a row with non-finite {kind} (last: "
+                    f"{problem})")
 
 
 def one_update(p: Parts, logger: MetricsLogger) -> None:
     """Steps 1–6 once."""
     start, kl_coef = time.perf_counter(), p.kl_ctl.value
     rollout = collect_rollout(p)
-    problem = nonfinite_message(rollout.raw_scores, p.scorer.name)
+    problem = rollout_problem(p, rollout)
     if problem:
-        p.bad_in_a_row += 1
-        log.warning("update %d skipped: %s", p.update + 1, problem)
-        if p.bad_in_a_row >= p.cfg.log.max_bad_updates:
-            last = latest_checkpoint(p.cfg.out)
-            raise RlhfkitError(f"stopped after {p.bad_in_a_row} updates in a row with non-finite "
-                               f"scores ({problem}); last good checkpoint: {last}. Check the "
-                               "reward source, or try reward.clip")
+        bad_update(p, *problem)
         p.update += 1
         return
     compute_advantages(rollout, p.cfg, kl_coef)
     t0 = time.perf_counter()
     train_stats = train_on_rollout(p, rollout, kl_coef)
     p.timings["time/train"] = time.perf_counter() - t0
-    p.bad_in_a_row = 0 if train_stats else p.bad_in_a_row + 1
+    if train_stats:
+        p.bad_in_a_row = 0
+    else:
+        bad_update(p, f"every optimizer step was skipped (last: {p.last_skip})",
+                   "losses or gradients")
     metrics = rollout_metrics(rollout, kl_coef)
     p.kl_ctl.update(metrics["kl/mean"], len(rollout))
     n_tokens = int(rollout.response_mask.sum())
@@ -449,6 +573,10 @@ def one_update(p: Parts, logger: MetricsLogger) -> None:
 
 def train(cfg: PPOConfig) -> Parts:
     """Run (or resume) the RL stage; returns the parts of the finished run."""
+    setup_logging()  # console only, until the run folder exists
+    # a bad prompt file fails here, before any model is loaded or any folder written
+    tokenizer = load_tokenizer(cfg.policy, cfg.trust_remote_code)
+    data = (tokenizer, *load_data(cfg, tokenizer))
     run_dir = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume, cfg)
     setup_logging(run_dir)
     resume_from = None
@@ -460,24 +588,29 @@ def train(cfg: PPOConfig) -> Parts:
     device = pick_device(cfg.device)
     log.info("rlhfkit %s on %s; config in %s", cfg.algo, device, run_dir / "config.yaml")
     log.debug("config:\n%s", describe_config(cfg))
-    p = build(cfg, device, resume_from)
+    p = build(cfg, device, resume_from, data)
     if resume_from is not None:
         restore(p, resume_from)
         log.info("resumed from %s (update %d)", resume_from, p.update)
+    elif cfg.resume:
+        drop_lines_after(run_dir, 0)
     log.info("batch plan: %s", ", ".join(f"{k} {v}" for k, v in cfg.batch_plan().items()))
     with MetricsLogger(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
                        config=cfg) as logger:
         from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.batch.num_updates, initial=p.update, desc=cfg.algo, unit="update")
-        while p.update < cfg.batch.num_updates:
-            one_update(p, logger)
-            bar.update(1)
-            if p.update % cfg.log.save_every == 0 or p.update == cfg.batch.num_updates:
-                write_checkpoint(p)
-        bar.close()
-    final = Path(cfg.out) / "policy"
-    p.policy.save_pretrained(final)
-    p.tokenizer.save_pretrained(final)
+        # closed even when the run stops with an error, so the error is the last line
+        with tqdm(total=cfg.batch.num_updates, initial=p.update, desc=cfg.algo,
+                  unit="update") as bar:
+            while p.update < cfg.batch.num_updates:
+                one_update(p, logger)
+                bar.update(1)
+                if p.update % cfg.log.save_every == 0 or p.update == cfg.batch.num_updates:
+                    write_checkpoint(p)
+
+    def write_final(folder: Path) -> None:
+        p.policy.save_pretrained(folder)
+        p.tokenizer.save_pretrained(folder)
+    final = write_folder(Path(cfg.out) / "policy", write_final, "the final policy")
     log.info("policy saved to %s", final)
     return p
 

@@ -52,10 +52,10 @@ from rlhfkit.metrics import MetricsLogger
 from rlhfkit.models import (disable_dropout, get_score_stats, init_reward_model,
                             load_reward_model, load_tokenizer, score_sequences,
                             set_score_stats)
-from rlhfkit.recipes.common import (OptimConfig, describe_config, make_optimizer,
-                                    make_scheduler, pick_device, seed_everything,
-                                    setup_logging)
-from rlhfkit.recipes.sft import (DTYPES, StepPlan, TrainLogConfig, check_finite, clip_and_step,
+from rlhfkit.recipes.common import (OptimConfig, describe_config, fit_context, make_optimizer,
+                                    make_scheduler, model_context, out_of_memory_hint,
+                                    pick_device, seed_everything, setup_logging)
+from rlhfkit.recipes.sft import (DTYPES, BadSteps, StepPlan, TrainLogConfig, guarded_step,
                                  load_splits, open_run, restore, save_final, to_device,
                                  write_checkpoint)
 
@@ -217,8 +217,10 @@ def train(cfg: RewardModelConfig) -> RewardRun:
     # 1. data: prompt + response tokenized as the policy will generate it
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     train_pairs, eval_pairs = load_splits(load_preferences, cfg, tokenizer)
-    train_items, _ = tokenize_preferences(train_pairs, tokenizer, cfg.max_length)
-    eval_items = (tokenize_preferences(eval_pairs, tokenizer, cfg.max_length)[0]
+    max_length = fit_context(cfg.max_length, model_context(cfg.model, cfg.trust_remote_code),
+                             "max_length", cfg.model)
+    train_items, _ = tokenize_preferences(train_pairs, tokenizer, max_length)
+    eval_items = (tokenize_preferences(eval_pairs, tokenizer, max_length)[0]
                   if eval_pairs else [])
     pad_id = tokenizer.pad_token_id
 
@@ -245,8 +247,13 @@ def train(cfg: RewardModelConfig) -> RewardRun:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer([{"params": params}], cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
-    step = restore(run_dir, resume_from, optimizer, scheduler)
+    state = restore(run_dir, resume_from, optimizer, scheduler)
+    step = state["step"]
+    guard = BadSteps(run_dir, "the reward model", cfg.log.max_bad_steps, cfg.optim.lr,
+                     state["bad_in_a_row"])
     stop_at = min(total_steps, cfg.stop_after or total_steps)
+    memory = (f"batch_size (now {cfg.batch_size} pairs = {2 * cfg.batch_size} rows; raise "
+              f"grad_accum to keep the pairs per step) or max_length (now {max_length})")
     log.info("%d optimizer steps (%d per epoch) of up to %d pairs (%d × %d)", total_steps,
              plan.steps_per_epoch, cfg.batch_size * cfg.grad_accum, cfg.batch_size,
              cfg.grad_accum)
@@ -255,38 +262,45 @@ def train(cfg: RewardModelConfig) -> RewardRun:
     with MetricsLogger(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
                        config=cfg) as logger:
         if step == 0 and eval_items:
-            first_eval = last_eval = evaluate_reward(model, eval_items, cfg.batch_size, pad_id,
-                                                     device, cfg.center_coef)
+            with out_of_memory_hint("evaluating the reward model", memory):
+                first_eval = last_eval = evaluate_reward(model, eval_items, cfg.batch_size,
+                                                         pad_id, device, cfg.center_coef)
             logger.log(0, first_eval)
             log_eval(0, first_eval)
         from tqdm.auto import tqdm
-        bar = tqdm(total=total_steps, initial=step, desc="reward", unit="step", disable=None)
-        while step < stop_at:
-            # 5. one optimizer step
-            t0 = time.perf_counter()
-            lr = scheduler.get_last_lr()[0]
-            rows = plan.micro_batches(step)
-            stats = reward_step(model, train_items, rows, pad_id, device, cfg.center_coef)
-            check_finite(torch.tensor(stats["loss"]), "loss", step, run_dir)
-            grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
-            step += 1
-            n_pairs = sum(len(r) for r in rows)
-            metrics = {**stats, "lr": lr, "grad_norm": grad_norm, "epoch": plan.epoch(step),
-                       "pairs_per_s": n_pairs / (time.perf_counter() - t0)}
-            # 6. evaluate
-            if eval_items and (step % cfg.log.eval_every == 0 or step == total_steps):
-                last_eval = evaluate_reward(model, eval_items, cfg.batch_size, pad_id, device,
-                                            cfg.center_coef)
-                metrics.update(last_eval)
-                log_eval(step, last_eval)
-            logger.log(step, metrics)
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['accuracy']:.2f}")
-            # 7. checkpoint
-            if step % cfg.log.save_every == 0 or step == stop_at:
-                write_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler,
-                                 cfg.log.keep_last)
-        bar.close()
+        # closed even when the run stops with an error, so the error is the last line
+        with tqdm(total=total_steps, initial=step, desc="reward", unit="step", disable=None) as bar:
+            while step < stop_at:
+                # 5. one optimizer step
+                t0 = time.perf_counter()
+                lr = scheduler.get_last_lr()[0]
+                rows = plan.micro_batches(step)
+                with out_of_memory_hint("training the reward model", memory):
+                    stats = reward_step(model, train_items, rows, pad_id, device, cfg.center_coef)
+                grad_norm = guarded_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
+                                         torch.tensor(stats["loss"]), "loss (Bradley-Terry)", guard,
+                                         step)
+                step += 1
+                n_pairs = sum(len(r) for r in rows)
+                metrics = {}  # a skipped step logs no training values: none of them is sound
+                if grad_norm is not None:
+                    metrics = {**stats, "lr": lr, "grad_norm": grad_norm, "epoch": plan.epoch(step),
+                               "pairs_per_s": n_pairs / (time.perf_counter() - t0)}
+                    bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['accuracy']:.2f}")
+                # 6. evaluate
+                if eval_items and (step % cfg.log.eval_every == 0 or step == total_steps):
+                    with out_of_memory_hint("evaluating the reward model", memory):
+                        last_eval = evaluate_reward(model, eval_items, cfg.batch_size, pad_id,
+                                                    device, cfg.center_coef)
+                    metrics.update(last_eval)
+                    log_eval(step, last_eval)
+                if metrics:
+                    logger.log(step, metrics)
+                bar.update(1)
+                # 7. checkpoint
+                if step % cfg.log.save_every == 0 or step == stop_at:
+                    write_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler,
+                                     cfg.log.keep_last, guard)
 
     if step < total_steps:
         log.info("reward stopped after step %d of %d (stop_after); continue with resume=true",
@@ -294,10 +308,13 @@ def train(cfg: RewardModelConfig) -> RewardRun:
         return RewardRun(run_dir, model, tokenizer, step, first_eval, last_eval, None)
 
     # 8. score statistics for PPO's reward normalisation
-    store_score_stats(model, train_items, cfg, pad_id, device)
+    with out_of_memory_hint("scoring the training pairs", memory):
+        store_score_stats(model, train_items, cfg, pad_id, device)
     # 9. the reward model, loadable with plain AutoModelForSequenceClassification
     final = save_final(model, tokenizer, run_dir / "model")
     summary = f"reward: {step} steps in {time.perf_counter() - started:.1f}s"
+    if guard.skipped:
+        summary += f", {guard.skipped} step(s) skipped for non-finite values"
     if last_eval is not None:
         before = f"{first_eval['eval/accuracy']:.3f} -> " if first_eval else ""
         summary += (f", held-out accuracy {before}{last_eval['eval/accuracy']:.3f}, "

@@ -34,6 +34,11 @@ switches it off in every model regardless.
 Resuming is bit-exact: the examples of step s are a pure function of (seed, s), and the
 checkpoint holds the optimizer, the schedule and every random state (dropout draws).
 
+Guard rails: a step whose loss or gradient is not finite is skipped (no optimizer update)
+with a warning naming the model and the term; `log.max_bad_steps` in a row stop the run,
+naming the last good checkpoint and what to try. Examples longer than the model's context
+are cut to it; running out of memory names the batch settings to lower.
+
 This module also holds the pieces the reward-model recipe shares with it: the held-out
 split, the step plan, checkpoint writing and restoring.
 """
@@ -43,25 +48,24 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from rlhfkit.checkpoint import (latest_checkpoint, load_trainer_state, save_checkpoint,
-                                save_trainer_state)
+from rlhfkit.checkpoint import (latest_checkpoint, list_checkpoints, load_trainer_state,
+                                save_checkpoint, save_trainer_state, write_folder)
 from rlhfkit.config import REQUIRED, assert_same_config, option
 from rlhfkit.core import logprobs_from_logits, masked_sum, reduce_loss
 from rlhfkit.data import collate_sft, load_sft, tokenize_sft
 from rlhfkit.errors import DataError, RlhfkitError
 from rlhfkit.metrics import METRICS_FILE, MetricsLogger
 from rlhfkit.models import disable_dropout, load_causal_lm, load_tokenizer
-from rlhfkit.recipes.common import (OptimConfig, describe_config, make_optimizer,
-                                    make_scheduler, pick_device, prepare_run_dir,
-                                    seed_everything, setup_logging)
+from rlhfkit.recipes.common import (OptimConfig, clip_grad_norm, describe_config, fit_context,
+                                    make_optimizer, make_scheduler, model_context,
+                                    nonfinite_grad, nonfinite_parameter, out_of_memory_hint,
+                                    pick_device, prepare_run_dir, seed_everything, setup_logging)
 from rlhfkit.recipes.ppo import truncate_jsonl
 
 log = logging.getLogger("rlhfkit")
@@ -86,6 +90,8 @@ class TrainLogConfig:
     save_every: int = option(500, "write a checkpoint every N optimizer steps (and at the end)",
                              gt=0)
     keep_last: int = option(2, "checkpoints kept", gt=0)
+    max_bad_steps: int = option(3, "stop after this many skipped (non-finite loss or gradient) "
+                                   "optimizer steps in a row", gt=0)
     tensorboard: bool = option(False, "mirror metrics to TensorBoard")
     wandb: bool = option(False, "mirror metrics to Weights & Biases")
 
@@ -206,54 +212,102 @@ def open_run(cfg) -> tuple[Path, Path | None]:
 
 
 def write_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler,
-                     keep_last: int) -> Path:
+                     keep_last: int, guard: "BadSteps | None" = None) -> Path:
     """RUN_DIR/checkpoints/step-NNNNNN/{model/, optimizer.pt, scheduler.pt, rng.pt, ...},
-    written atomically (see rlhfkit.checkpoint)."""
+    written atomically (see rlhfkit.checkpoint). Weights that are no longer finite are
+    never checkpointed: the last good checkpoint must stay the newest one."""
+    if guard is not None:
+        guard.check_weights(model, step)
+
     def write(folder: Path) -> None:
         model.save_pretrained(folder / "model")
         tokenizer.save_pretrained(folder / "model")
-        save_trainer_state(folder, optimizer, scheduler, extra={"step": step})
+        save_trainer_state(folder, optimizer, scheduler, extra={
+            "step": step, "bad_in_a_row": guard.in_a_row if guard else 0})
     return save_checkpoint(run_dir, step, write, keep_last=keep_last)
 
 
-def restore(run_dir: Path, folder: Path | None, optimizer, scheduler) -> int:
+def restore(run_dir: Path, folder: Path | None, optimizer, scheduler) -> dict:
     """Load optimizer, schedule and random states from `folder`; drop the metric lines a
-    killed run wrote after it. Returns the optimizer steps already done."""
-    step = 0
+    killed run wrote after it. Returns {"step": optimizer steps done, "bad_in_a_row": ...}."""
+    state = {"step": 0, "bad_in_a_row": 0}
     if folder is not None:
-        step = load_trainer_state(folder, optimizer, scheduler)["step"]
-        log.info("resumed from %s (step %d)", folder, step)
+        state.update(load_trainer_state(folder, optimizer, scheduler))
+        log.info("resumed from %s (step %d)", folder, state["step"])
     # -1 without a checkpoint: the step-0 evaluation will be written again
-    truncate_jsonl(run_dir / METRICS_FILE, step if folder is not None else -1)
-    return step
+    truncate_jsonl(run_dir / METRICS_FILE, state["step"] if folder is not None else -1)
+    return state
 
 
 def save_final(model, tokenizer, folder: Path) -> Path:
-    """Save model and tokenizer to `folder`, replacing it whole (written beside, then renamed)."""
-    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return folder
+    """Save model and tokenizer to `folder`, replacing it whole (written beside, then
+    renamed, so a kill never leaves half a model under the final name)."""
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    checkpoints = list_checkpoints(folder.parent, verify=False)
+    return write_folder(folder, write, "the final model", checkpoints[-1] if checkpoints else None)
 
 
-def clip_and_step(params, optimizer, scheduler, max_grad_norm: float | None) -> float:
-    """Clip the gradient norm, take the optimizer and schedule steps; returns the norm
-    before clipping."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or math.inf)
-    optimizer.step()
+@dataclass
+class BadSteps:
+    """Counts optimizer steps skipped for a non-finite loss or gradient; `limit` in a row
+    stop the run with a message naming the last good checkpoint and what to try."""
+    run_dir: Path
+    model_name: str             # "the SFT model", "the reward model"
+    limit: int
+    lr: float
+    in_a_row: int = 0
+    skipped: int = 0
+
+    def record(self, step: int, problem: str | None) -> None:
+        if problem is None:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.skipped += 1
+        log.warning("step %d skipped (no optimizer update): %s", step, problem)
+        if self.in_a_row >= self.limit:
+            self.stop(f"{self.in_a_row} optimizer steps in a row had non-finite values "
+                      f"(last, at step {step}: {problem})")
+
+    def check_weights(self, model, step: int) -> None:
+        bad = nonfinite_parameter(model)
+        if bad is not None:
+            self.stop(f"the weights of {self.model_name} are not finite after step {step} "
+                      f"(first: {bad}), so no checkpoint was written of them")
+
+    def stop(self, what: str) -> None:
+        last = latest_checkpoint(self.run_dir, quiet=True)
+        kept = f"the last good checkpoint, {last}, is intact" if last else "no checkpoint yet"
+        raise RlhfkitError(
+            f"stopped: {what}; {kept}. Try a lower learning rate (optim.lr, now {self.lr:g}), "
+            "a longer warmup (optim.warmup_steps) or gradient clipping (optim.max_grad_norm), "
+            "and dtype=float32 if you train in 16 bits; then start again with overwrite=true "
+            "(resume=true continues from that checkpoint with the same settings)")
+
+
+def guarded_step(model, optimizer, scheduler, max_grad_norm: float | None, loss: torch.Tensor,
+                 loss_name: str, guard: BadSteps, step: int) -> float | None:
+    """After the backward pass: clip the gradient and take the optimizer step, unless the
+    loss or the gradient is not finite (then no update, a warning naming the cause). The
+    schedule steps either way, so the learning rate stays a function of the step number.
+    Returns the gradient norm before clipping, or None when skipped."""
+    problem, grad_norm = None, None
+    if not bool(torch.isfinite(loss)):
+        problem = f"the {loss_name} of {guard.model_name} is {float(loss)}"
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        grad_norm = clip_grad_norm(params, max_grad_norm)
+        if not bool(torch.isfinite(grad_norm)):
+            problem = (f"the gradient of {guard.model_name} is not finite (first at "
+                       f"{nonfinite_grad(model.named_parameters())})")
+    if problem is None:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-    return float(grad_norm)
-
-
-def check_finite(value: torch.Tensor, what: str, step: int, run_dir: Path) -> None:
-    if not torch.isfinite(value):
-        raise RlhfkitError(f"non-finite {what} at step {step + 1} (last checkpoint: "
-                           f"{latest_checkpoint(run_dir)}); lower optim.lr, or use dtype=float32")
+    guard.record(step + 1, problem)
+    return None if problem else float(grad_norm)
 
 
 def to_device(batch: dict, device) -> dict:
@@ -338,11 +392,14 @@ def train(cfg: SFTConfig) -> SFTRun:
     setup_logging()  # console only, until the run folder exists
     device = pick_device(cfg.device)
 
-    # 1. data: one tokenization (rlhfkit.data), prompt tokens masked out of the loss
+    # 1. data: one tokenization (rlhfkit.data), prompt tokens masked out of the loss, at
+    #    most the model's context
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     train_examples, eval_examples = load_splits(load_sft, cfg, tokenizer)
-    train_items, _ = tokenize_sft(train_examples, tokenizer, cfg.max_length)
-    eval_items = tokenize_sft(eval_examples, tokenizer, cfg.max_length)[0] if eval_examples else []
+    max_length = fit_context(cfg.max_length, model_context(cfg.model, cfg.trust_remote_code),
+                             "max_length", cfg.model)
+    train_items, _ = tokenize_sft(train_examples, tokenizer, max_length)
+    eval_items = tokenize_sft(eval_examples, tokenizer, max_length)[0] if eval_examples else []
     pad_id = tokenizer.pad_token_id
 
     # 2. run folder (or the checkpoint to resume from)
@@ -366,8 +423,13 @@ def train(cfg: SFTConfig) -> SFTRun:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer([{"params": params}], cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
-    step = restore(run_dir, resume_from, optimizer, scheduler)
+    state = restore(run_dir, resume_from, optimizer, scheduler)
+    step = state["step"]
+    guard = BadSteps(run_dir, "the SFT model", cfg.log.max_bad_steps, cfg.optim.lr,
+                     state["bad_in_a_row"])
     stop_at = min(total_steps, cfg.stop_after or total_steps)
+    memory = (f"batch_size (now {cfg.batch_size}; raise grad_accum to keep the examples per "
+              f"step) or max_length (now {max_length})")
     log.info("%d optimizer steps (%d per epoch) of up to %d examples (%d × %d)", total_steps,
              plan.steps_per_epoch, cfg.batch_size * cfg.grad_accum, cfg.batch_size,
              cfg.grad_accum)
@@ -377,40 +439,47 @@ def train(cfg: SFTConfig) -> SFTRun:
     with MetricsLogger(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
                        config=cfg) as logger:
         if step == 0 and eval_items:
-            first_eval = last_eval = evaluate_sft(model, eval_items, cfg.batch_size, pad_id,
-                                                  device)
+            with out_of_memory_hint("evaluating the SFT model", memory):
+                first_eval = last_eval = evaluate_sft(model, eval_items, cfg.batch_size, pad_id,
+                                                      device)
             logger.log(0, first_eval)
             log.info("step 0: held-out loss %.4f, perplexity %.2f", first_eval["eval/loss"],
                      first_eval["eval/perplexity"])
         from tqdm.auto import tqdm
-        bar = tqdm(total=total_steps, initial=step, desc="sft", unit="step", disable=None)
-        while step < stop_at:
-            # 5. one optimizer step
-            t0 = time.perf_counter()
-            lr = scheduler.get_last_lr()[0]
-            loss, n_tokens = sft_step(model, train_items, plan.micro_batches(step), pad_id,
-                                      device)
-            check_finite(loss, "loss", step, run_dir)
-            grad_norm = clip_and_step(params, optimizer, scheduler, cfg.optim.max_grad_norm)
-            step += 1
-            train_loss = float(loss)
-            metrics = {"loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                       "epoch": plan.epoch(step), "tokens": n_tokens,
-                       "tokens_per_s": n_tokens / (time.perf_counter() - t0)}
-            # 6. evaluate
-            if eval_items and (step % cfg.log.eval_every == 0 or step == total_steps):
-                last_eval = evaluate_sft(model, eval_items, cfg.batch_size, pad_id, device)
-                metrics.update(last_eval)
-                log.info("step %d: held-out loss %.4f, perplexity %.2f", step,
-                         last_eval["eval/loss"], last_eval["eval/perplexity"])
-            logger.log(step, metrics)
-            bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.4f}")
-            # 7. checkpoint
-            if step % cfg.log.save_every == 0 or step == stop_at:
-                write_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler,
-                                 cfg.log.keep_last)
-        bar.close()
+        # closed even when the run stops with an error, so the error is the last line
+        with tqdm(total=total_steps, initial=step, desc="sft", unit="step", disable=None) as bar:
+            while step < stop_at:
+                # 5. one optimizer step
+                t0 = time.perf_counter()
+                lr = scheduler.get_last_lr()[0]
+                with out_of_memory_hint("training the SFT model", memory):
+                    loss, n_tokens = sft_step(model, train_items, plan.micro_batches(step), pad_id,
+                                              device)
+                grad_norm = guarded_step(model, optimizer, scheduler, cfg.optim.max_grad_norm, loss,
+                                         "loss (completion cross-entropy)", guard, step)
+                step += 1
+                metrics = {}  # a skipped step logs no training values: none of them is sound
+                if grad_norm is not None:
+                    train_loss = float(loss)
+                    metrics = {"loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                               "epoch": plan.epoch(step), "tokens": n_tokens,
+                               "tokens_per_s": n_tokens / (time.perf_counter() - t0)}
+                # 6. evaluate
+                if eval_items and (step % cfg.log.eval_every == 0 or step == total_steps):
+                    with out_of_memory_hint("evaluating the SFT model", memory):
+                        last_eval = evaluate_sft(model, eval_items, cfg.batch_size, pad_id, device)
+                    metrics.update(last_eval)
+                    log.info("step %d: held-out loss %.4f, perplexity %.2f", step,
+                             last_eval["eval/loss"], last_eval["eval/perplexity"])
+                if metrics:
+                    logger.log(step, metrics)
+                bar.update(1)
+                if train_loss is not None:
+                    bar.set_postfix(loss=f"{train_loss:.4f}")
+                # 7. checkpoint
+                if step % cfg.log.save_every == 0 or step == stop_at:
+                    write_checkpoint(run_dir, step, model, tokenizer, optimizer, scheduler,
+                                     cfg.log.keep_last, guard)
 
     if step < total_steps:
         log.info("sft stopped after step %d of %d (stop_after); continue with resume=true",
@@ -422,6 +491,8 @@ def train(cfg: SFTConfig) -> SFTRun:
     summary = f"sft: {step} steps in {time.perf_counter() - started:.1f}s"
     if train_loss is not None:
         summary += f", train loss {train_loss:.4f}"
+    if guard.skipped:
+        summary += f", {guard.skipped} step(s) skipped for non-finite values"
     if last_eval is not None:
         before = f"{first_eval['eval/loss']:.4f} -> " if first_eval else ""
         summary += (f", held-out loss {before}{last_eval['eval/loss']:.4f} "
