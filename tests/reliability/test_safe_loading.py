@@ -22,7 +22,7 @@ import torch
 from harness import sft_rows, write_jsonl
 from rlhfkit.checkpoint import MARKER, latest_checkpoint
 from rlhfkit.cli import main as cli_main
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.recipes.ppo_config import PPOConfig
 from rlhfkit.recipes.reward_model import RewardModelConfig
@@ -133,7 +133,7 @@ def test_a_model_folder_with_a_crafted_pickle_is_refused_not_executed(tmp_path, 
     (folder / "model.safetensors").unlink()
     flag = tmp_path / "EXPLOITED"
     torch.save({"transformer.wte.weight": Exploit(flag)}, folder / "pytorch_model.bin")
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(RlhfkitError, match="holds Python objects, not plain tensors"):
         load_causal_lm(folder, load_tokenizer(folder))
     assert not flag.exists()
 
@@ -152,7 +152,7 @@ def test_a_models_own_code_runs_only_with_trust_remote_code(tmp_path, tiny_gpt2_
         "class CustomConfig(GPT2Config):\n    model_type = 'customgpt'\n"
         "class CustomModel(GPT2LMHeadModel):\n    config_class = CustomConfig\n")
     tokenizer = load_tokenizer(folder)
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
+    with pytest.raises(RlhfkitError, match="runs only with trust_remote_code=true"):
         load_causal_lm(folder, tokenizer)
     assert not flag.exists()
     load_causal_lm(folder, tokenizer, trust_remote_code=True)

@@ -12,6 +12,8 @@ Two fixes every RLHF stage needs are made here, once:
 
 from __future__ import annotations
 
+import pickle
+
 from pathlib import Path
 
 import torch
@@ -60,6 +62,14 @@ def from_pretrained(auto_class, name_or_path, **kwargs):
     except OSError as err:  # transformers raises OSError for a missing repo, file or network
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RlhfkitError(f"could not load '{name}': {first_line}") from err
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused a pickle
+        raise RlhfkitError(f"refused to load '{name}': its weights file holds Python objects, "
+                           "not plain tensors (nothing was run); use a safetensors file") from err
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise RlhfkitError(f"'{name}' ships its own Python code, which runs only with "
+                           "trust_remote_code=true: pass it only if you trust that code") from err
 
 
 def load_tokenizer(name_or_path, trust_remote_code: bool = False):
