@@ -7,7 +7,6 @@ tests/unit/test_data.py, config fuzzing in tests/unit/test_config.py."""
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -63,15 +62,6 @@ def expected_message(stage: str, kind: str, field: str, line: int, alone: bool) 
     if kind == "empty_list" and field != "prompt":  # a chat reply needs a chat prompt
         problem = "field '{f}': chat messages need a prompt that is chat messages too"
     return f":{line}: " + problem.format(f=field)
-
-
-@pytest.fixture(autouse=True)
-def close_log_handlers():
-    yield
-    logger = logging.getLogger("rlhfkit")
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
 
 
 @settings(max_examples=120, deadline=None,

@@ -51,15 +51,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def close_log_handlers():
-    yield
-    logger = logging.getLogger("rlhfkit")
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("guard_files")

@@ -4,7 +4,6 @@ happened); out of memory names the batch setting to lower."""
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 
@@ -18,15 +17,6 @@ from rlhfkit.cli import main as cli_main
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.recipes import ppo, reward_model, sft
 from rlhfkit.recipes.common import out_of_memory_hint
-
-
-@pytest.fixture(autouse=True)
-def close_log_handlers():
-    yield
-    logger = logging.getLogger("rlhfkit")
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
 
 
 # ---------------------------------------------------------------------------- disk

@@ -30,15 +30,6 @@ from rlhfkit.recipes.sft import SFTConfig
 from rlhfkit.scoring import load_function
 
 
-@pytest.fixture(autouse=True)
-def close_log_handlers():
-    yield
-    logger = logging.getLogger("rlhfkit")
-    for handler in list(logger.handlers):
-        handler.close()
-        logger.removeHandler(handler)
-
-
 class Exploit:
     """Unpickling this runs a shell command that creates the file `flag`."""
 
