@@ -21,8 +21,11 @@ test: install
 	@bash scripts/ensure_browser.sh  # Chromium for tests/web; never fails, tests skip without it
 	$(PY) -m pytest tests
 
+# The demo's own folder, runs/demo, is replaced on every run; pass DEMO_ARGS="task=arithmetic"
+# (or any `rlhfkit demo --help` option) to change it.
+DEMO_ARGS ?=
 demo: install
-	$(VENV)/bin/rlhfkit demo
+	$(VENV)/bin/rlhfkit demo out=runs/demo overwrite=true $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
