@@ -61,13 +61,15 @@ def test_whitening_gives_mean_0_and_variance_1_under_the_mask(seed, b, t, shift)
 @FAST
 @given(seed=st.integers(0, 10_000), pad=st.integers(1, 4))
 def test_padding_columns_never_change_masked_results(seed, pad):
+    # float64: the padded sum adds zeros in another order, so float32 may differ in the last
+    # bits when the mean is near 0; the property is exact up to rounding
     g = torch.Generator().manual_seed(seed)
-    x, m = torch.randn(3, 5, generator=g), random_mask(seed, (3, 5))
-    junk = torch.randn(3, pad, generator=g) * 1e6
+    x, m = torch.randn(3, 5, generator=g, dtype=torch.float64), random_mask(seed, (3, 5))
+    junk = torch.randn(3, pad, generator=g, dtype=torch.float64) * 1e6
     xp, mp = torch.cat([x, junk], 1), torch.cat([m, torch.zeros(3, pad, dtype=torch.bool)], 1)
-    assert torch.allclose(masked_mean(xp, mp), masked_mean(x, m))
-    assert torch.allclose(masked_var(xp, mp), masked_var(x, m))
-    assert torch.allclose(masked_whiten(xp, mp)[:, :5], masked_whiten(x, m), atol=1e-6)
+    assert torch.allclose(masked_mean(xp, mp), masked_mean(x, m), atol=1e-12)
+    assert torch.allclose(masked_var(xp, mp), masked_var(x, m), atol=1e-12)
+    assert torch.allclose(masked_whiten(xp, mp)[:, :5], masked_whiten(x, m), atol=1e-9)
 
 
 def test_empty_mask_and_shape_mismatch_raise_clear_errors():
