@@ -326,3 +326,14 @@ def test_disable_dropout_makes_train_mode_deterministic(request, arch):
     dropout_fields = {k: v for k, v in model.config.to_dict().items()
                       if isinstance(v, float) and ("dropout" in k or k.endswith("pdrop"))}
     assert dropout_fields and all(v == 0.0 for v in dropout_fields.values())
+
+
+def test_split_digits_keeps_every_digit_its_own_token(tmp_path):
+    from rlhfkit.models import train_tokenizer
+    corpus = tmp_path / "sums.txt"
+    corpus.write_text("".join(f"{a}+{b}={a + b}\n" for a in range(60) for b in range(0, 60, 7)))
+    merged = train_tokenizer(corpus, vocab_size=400)
+    split = train_tokenizer(corpus, vocab_size=400, split_digits=True)
+    assert split.tokenize("37+58=95") == ["3", "7", "+", "5", "8", "=", "9", "5"]
+    assert len(merged.tokenize("37+58=95")) < 8  # BPE merges digits without the option
+    assert split.decode(split.encode("37+58=95")) == "37+58=95"

@@ -41,19 +41,24 @@ SIZES = {
 
 
 def train_tokenizer(corpus_path, out_dir=None, vocab_size: int = 1000,
-                    model_max_length: int = 512) -> PreTrainedTokenizerFast:
+                    model_max_length: int = 512,
+                    split_digits: bool = False) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on a text file and wrap it for transformers.
 
     Special tokens `<|pad|>`, `<|bos|>`, `<|eos|>` get ids 0, 1, 2; pad is distinct from
     EOS so masking padding never hides a learned EOS (N detail). No token is added
     automatically when encoding (like GPT-2): the chat template and the data code add EOS.
     Padding is on the left, as generation needs. Saved to `out_dir` when given.
+    `split_digits` keeps every digit its own token (BPE would merge "146" into one token,
+    which makes arithmetic a lookup table instead of something a small model can learn).
     """
     corpus_path = Path(corpus_path)
     if not corpus_path.is_file():
         raise ConfigError(f"corpus_path: no such file '{corpus_path}'")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  byte_level]) if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -106,7 +111,7 @@ def tiny_config(arch: str, size: str, tokenizer: PreTrainedTokenizerFast):
 
 
 def build_tiny_model(arch: str, size: str, corpus_path, out_dir, seed: int = 0,
-                     vocab_size: int = 1000) -> Path:
+                     vocab_size: int = 1000, split_digits: bool = False) -> Path:
     """Train a tokenizer on `corpus_path`, build a random `arch` model, save both to `out_dir`.
 
     The folder holds `config.json`, `model.safetensors` and the tokenizer files; plain
@@ -116,7 +121,8 @@ def build_tiny_model(arch: str, size: str, corpus_path, out_dir, seed: int = 0,
     _check_choice("size", size, tuple(SIZES))
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(corpus_path, vocab_size=vocab_size,
-                                model_max_length=SIZES[size]["context"])
+                                model_max_length=SIZES[size]["context"],
+                                split_digits=split_digits)
     config = tiny_config(arch, size, tokenizer)
     torch.manual_seed(seed)  # same seed, same weights: tests and demo are reproducible
     model = AutoModelForCausalLM.from_config(config)
