@@ -52,12 +52,11 @@ from rlhfkit.metrics import MetricsLogger
 from rlhfkit.models import (disable_dropout, get_score_stats, init_reward_model,
                             load_reward_model, load_tokenizer, score_sequences,
                             set_score_stats)
-from rlhfkit.recipes.common import (OptimConfig, describe_config, fit_context, make_optimizer,
-                                    make_scheduler, model_context, out_of_memory_hint,
-                                    pick_device, seed_everything, setup_logging)
-from rlhfkit.recipes.sft import (DTYPES, BadSteps, StepPlan, TrainLogConfig, guarded_step,
-                                 load_splits, open_run, restore, save_final, to_device,
-                                 write_checkpoint)
+from rlhfkit.recipes.common import (OptimConfig, describe_config, fit_context, model_context,
+                                    out_of_memory_hint, pick_device, seed_everything,
+                                    setup_logging)
+from rlhfkit.recipes.sft import (DTYPES, TrainLogConfig, guarded_step, load_splits, open_run,
+                                 save_final, to_device, training_state, write_checkpoint)
 
 log = logging.getLogger("rlhfkit")
 
@@ -241,17 +240,9 @@ def train(cfg: RewardModelConfig) -> RewardRun:
         disable_dropout(model)
     model.to(device).train()
 
-    # 4. optimizer and schedule
-    plan = StepPlan(len(train_items), cfg.batch_size, cfg.grad_accum, cfg.seed)
-    total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer([{"params": params}], cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
-    state = restore(run_dir, resume_from, optimizer, scheduler)
-    step = state["step"]
-    guard = BadSteps(run_dir, "the reward model", cfg.log.max_bad_steps, cfg.optim.lr,
-                     state["bad_in_a_row"])
-    stop_at = min(total_steps, cfg.stop_after or total_steps)
+    # 4. optimizer and schedule over every optimizer step of the run
+    plan, optimizer, scheduler, step, guard, total_steps, stop_at = training_state(
+        cfg, model, len(train_items), run_dir, resume_from, "the reward model")
     memory = (f"batch_size (now {cfg.batch_size} pairs = {2 * cfg.batch_size} rows; raise "
               f"grad_accum to keep the pairs per step) or max_length (now {max_length})")
     log.info("%d optimizer steps (%d per epoch) of up to %d pairs (%d × %d)", total_steps,

@@ -310,6 +310,23 @@ def guarded_step(model, optimizer, scheduler, max_grad_norm: float | None, loss:
     return None if problem else float(grad_norm)
 
 
+def training_state(cfg, model, n_items: int, run_dir: Path, resume_from: Path | None,
+                   what: str):
+    """What the SFT and reward-model loops share: the step plan, AdamW and its schedule over
+    every optimizer step of the run, restored from `resume_from` when resuming, and the guard
+    against non-finite steps. Returns (plan, optimizer, scheduler, step, guard, total_steps,
+    stop_at)."""
+    plan = StepPlan(n_items, cfg.batch_size, cfg.grad_accum, cfg.seed)
+    total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer([{"params": params}], cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
+    state = restore(run_dir, resume_from, optimizer, scheduler)
+    guard = BadSteps(run_dir, what, cfg.log.max_bad_steps, cfg.optim.lr, state["bad_in_a_row"])
+    stop_at = min(total_steps, cfg.stop_after or total_steps)
+    return plan, optimizer, scheduler, state["step"], guard, total_steps, stop_at
+
+
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -418,16 +435,8 @@ def train(cfg: SFTConfig) -> SFTRun:
     model.to(device).train()
 
     # 4. optimizer and schedule over every optimizer step of the run
-    plan = StepPlan(len(train_items), cfg.batch_size, cfg.grad_accum, cfg.seed)
-    total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer([{"params": params}], cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
-    state = restore(run_dir, resume_from, optimizer, scheduler)
-    step = state["step"]
-    guard = BadSteps(run_dir, "the SFT model", cfg.log.max_bad_steps, cfg.optim.lr,
-                     state["bad_in_a_row"])
-    stop_at = min(total_steps, cfg.stop_after or total_steps)
+    plan, optimizer, scheduler, step, guard, total_steps, stop_at = training_state(
+        cfg, model, len(train_items), run_dir, resume_from, "the SFT model")
     memory = (f"batch_size (now {cfg.batch_size}; raise grad_accum to keep the examples per "
               f"step) or max_length (now {max_length})")
     log.info("%d optimizer steps (%d per epoch) of up to %d examples (%d × %d)", total_steps,
