@@ -5,6 +5,12 @@ needs — left-padded prompts with position ids from the attention mask, tempera
 top-k / top-p, a dedicated `torch.Generator` (so a resumed run draws the same tokens), and
 a stop as soon as every row has emitted EOS — and nothing else.
 
+Tokens are drawn by the exponential race (the Gumbel-max trick): with probabilities p and
+independent E_v ~ Exp(1), argmax_v p_v / E_v is a sample of p. The noise of a step is drawn
+for the whole *global* batch (`total_rows`) and each process keeps its own rows
+(`row_offset`), so row i of a rollout gets the same tokens whether it is sampled by one
+process or by rank r of many — the data-parallel run equals the single-process one.
+
 Layout of the result (T = number of steps taken, at most max_new_tokens):
 
     response_ids   a_0  a_1  a_2  EOS  pad  pad      right-padded, pad after the first EOS
@@ -58,47 +64,106 @@ def _output_cache(out):
     return out["cache"] if "cache" in out.keys() else out["past_key_values"]
 
 
+def preallocated_cache(model, max_length: int):
+    """A KV cache allocated once for `max_length` positions (transformers' `StaticCache`),
+    written in place at every step instead of growing by concatenation; None (the model's
+    own growing cache) for models that do not support one."""
+    if not getattr(model, "_can_compile_fullgraph", False):  # HF's flag for static caches
+        return None
+    try:
+        from transformers import StaticCache
+        return StaticCache(config=model.config, max_cache_len=max_length)
+    except (ImportError, TypeError, ValueError, AttributeError, NotImplementedError):
+        return None
+
+
 @torch.no_grad()
 def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                      sampling: Sampling, eos_token_id: int, pad_token_id: int,
-                     generator: torch.Generator | None = None,
+                     generator: torch.Generator | None = None, row_offset: int = 0,
+                     total_rows: int | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one response per prompt row.
 
     Shapes: prompt_ids, prompt_mask (B, P), left-padded ->
     response_ids (B, T) long, response_mask (B, T) long, has_eos (B,) bool.
+    These B rows are rows [row_offset, row_offset + B) of a global batch of `total_rows`
+    (default B): the sampling noise is drawn for all of them, on the generator's device.
+    `eos_token_id` < 0 never stops a row: every response has max_new_tokens tokens.
     The model must be in eval mode (no dropout) — the caller's job, checked here.
+
+    Everything a step writes is allocated once, before the loop: the KV cache, the
+    attention mask of prompt + all new tokens (step t sets column P+t and passes a view of
+    the first P+t+1 columns) and the (B, max_new_tokens) token buffer. No forward pass is
+    run after the last token.
     """
     if model.training:
         raise RuntimeError("sample_responses: the model is in training mode (dropout on); "
                            "call model.eval() first")
-    batch, device = prompt_ids.shape[0], prompt_ids.device
-    cache_name = _cache_kwarg(model)
-    mask = prompt_mask.long()
-    positions = position_ids_from_mask(mask)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1)
+    (batch, prompt_len), device = prompt_ids.shape, prompt_ids.device
+    steps = sampling.max_new_tokens
+    mask = torch.zeros(batch, prompt_len + steps, dtype=torch.long, device=device)
+    mask[:, :prompt_len] = prompt_mask
+    tokens = torch.full((batch, steps), pad_token_id, dtype=torch.long, device=device)
+    positions = position_ids_from_mask(mask[:, :prompt_len])
+    cache = {_cache_kwarg(model): preallocated_cache(model, prompt_len + steps)}
+    out = model(input_ids=prompt_ids, attention_mask=mask[:, :prompt_len],
+                position_ids=positions, use_cache=True, logits_to_keep=1, **cache)
     next_position = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens = []
-    for _ in range(sampling.max_new_tokens):
-        logits = out.logits[:, -1].float()
-        if sampling.temperature > 0:
-            logits = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
-            token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
-        else:
-            token = logits.argmax(-1)
-        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        tokens.append(token)
-        finished |= token == eos_token_id
-        if bool(finished.all()):
+    # Stopping early needs the host to read `finished`: every step on CPU, where that is
+    # free; every 8 steps on an accelerator, where each read waits for the device.
+    check_every = 1 if device.type == "cpu" else 8
+    for t in range(steps):
+        token = next_token(out.logits[:, -1], sampling, generator, row_offset, total_rows)
+        if eos_token_id >= 0:
+            token.masked_fill_(finished, pad_token_id)
+            finished |= token == eos_token_id
+        tokens[:, t] = token
+        if t + 1 == steps or (eos_token_id >= 0 and (t + 1) % check_every == 0
+                              and bool(finished.all())):
             break
-        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], 1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                    use_cache=True, logits_to_keep=1, **{cache_name: _output_cache(out)})
+        mask[:, prompt_len + t] = 1
+        cache = {_cache_kwarg(model): _output_cache(out)}
+        out = model(input_ids=token[:, None], attention_mask=mask[:, :prompt_len + t + 1],
+                    position_ids=next_position, use_cache=True, logits_to_keep=1, **cache)
         next_position = next_position + 1
-    response_ids = torch.stack(tokens, 1)
+    response_ids = tokens[:, :_steps_taken(tokens[:, :t + 1], eos_token_id, finished)]
     return response_ids, response_mask_after_eos(response_ids, eos_token_id), finished
+
+
+def _steps_taken(tokens: torch.Tensor, eos_token_id: int, finished: torch.Tensor) -> int:
+    """The response length T: the step at which the last row emitted its EOS when every row
+    did (a check every k steps may have run past it: those columns are all pad), else all
+    the steps run. Shapes: tokens (B, t), finished (B,)."""
+    if eos_token_id < 0 or not bool(finished.all()):
+        return tokens.shape[1]
+    first_eos = (tokens == eos_token_id).long().argmax(-1)     # (B,): every row has one
+    return int(first_eos.max()) + 1
+
+
+def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None,
+               row_offset: int = 0, total_rows: int | None = None) -> torch.Tensor:
+    """One token per row from the last position's logits (B, V): greedy at temperature 0,
+    else filtered (top-k, top-p) and drawn by `sample_tokens`. -> (B,) long."""
+    logits = logits.float()
+    if sampling.temperature <= 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
+    return sample_tokens(logits, generator, row_offset, total_rows)
+
+
+def sample_tokens(logits: torch.Tensor, generator: torch.Generator | None, row_offset: int = 0,
+                  total_rows: int | None = None) -> torch.Tensor:
+    """One token per row by the exponential race: argmax_v softmax(logits)_v / E_v with
+    E ~ Exp(1) drawn for rows [0, total_rows) and sliced to this process's rows.
+    Shapes: logits (B, V) already divided by the temperature -> (B,) long."""
+    rows, vocab = logits.shape
+    gen_device = generator.device if generator is not None else logits.device
+    noise = torch.empty(total_rows or rows, vocab, device=gen_device).exponential_(
+        generator=generator)[row_offset:row_offset + rows].to(logits.device)
+    # E = 0 has probability ~2^-24 per draw; it would turn a filtered token's 0/0 into NaN
+    return (torch.softmax(logits, -1) / noise.clamp_min_(1e-20)).argmax(-1)
 
 
 def response_mask_after_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:

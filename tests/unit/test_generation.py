@@ -79,3 +79,27 @@ def test_a_model_in_training_mode_is_refused(tiny_gpt2_dir):
     tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
     with pytest.raises(RuntimeError, match="dropout on"):
         sample_responses(model, *encode(tok, ["a dog"]), Sampling(), tok.eos_token_id, tok.pad_token_id)
+
+
+def test_exponential_race_draws_from_the_softmax():
+    from rlhfkit.generation import sample_tokens
+    logits = torch.tensor([[0.0, 1.0, 2.0, float("-inf")]]).expand(200_000, 4)
+    tokens = sample_tokens(logits, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=4).double() / len(tokens)
+    expected = torch.softmax(logits[0].double(), -1)
+    assert freq[3] == 0  # a filtered token is never drawn
+    assert torch.allclose(freq, expected, atol=4e-3)
+
+
+def test_a_shard_of_rows_samples_what_the_whole_batch_samples(model_and_tokenizer):
+    """Rank r of a data-parallel run samples its rows exactly as one process would."""
+    model, tok = model_and_tokenizer
+    prompts = ["the cat likes", "a dog", "What is 12 + 30? The answer", "a cat"]
+    sampling = Sampling(max_new_tokens=6, temperature=1.0)
+    run = lambda texts, **kw: sample_responses(model, *encode(tok, texts), sampling, -1,
+                                               tok.pad_token_id,
+                                               torch.Generator().manual_seed(5), **kw)[0]
+    whole = run(prompts)
+    first = run(prompts[:2], row_offset=0, total_rows=4)
+    second = run(prompts[2:], row_offset=2, total_rows=4)
+    assert torch.equal(torch.cat([first, second]), whole)

@@ -108,13 +108,23 @@ def test_sft_gradient_accumulation_equals_one_big_batch(policy):
     examples = [SFTExample(f"Question {i}?", " short" if i % 2 else " a much longer answer "
                            "with many more tokens in it") for i in range(4)]
     items, _ = tokenize_sft(examples, tokenizer, 64)
-    loss_one, _ = sft.sft_step(model, items, [[0, 1, 2, 3]], tokenizer.pad_token_id, "cpu")
+    loss_one, _ = sft.sft_step(model, items, [[0, 1, 2, 3]], [[0, 1, 2, 3]],
+                               tokenizer.pad_token_id, "cpu")
     one = grads(model)
-    loss_two, _ = sft.sft_step(model, items, [[0, 3], [1], [2]], tokenizer.pad_token_id, "cpu")
+    cut = [[0, 3], [1], [2]]
+    loss_two, _ = sft.sft_step(model, items, cut, cut, tokenizer.pad_token_id, "cpu")
     two = grads(model)
     torch.testing.assert_close(loss_one, loss_two)
     for a, b in zip(one, two):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    # two "ranks" each run their share with the step's global normaliser: their gradients
+    # add up to the full-batch gradient (the all-reduce SUM of data parallelism)
+    sft.sft_step(model, items, cut, cut[:1], tokenizer.pad_token_id, "cpu")
+    first = grads(model)
+    sft.sft_step(model, items, cut, cut[1:], tokenizer.pad_token_id, "cpu")
+    second = grads(model)
+    for a, b, c in zip(one, first, second):
+        torch.testing.assert_close(a, b + c, atol=1e-6, rtol=1e-4)
 
 
 def test_reward_gradient_accumulation_equals_one_big_batch(tiny_gpt2_dir, policy):
@@ -124,15 +134,21 @@ def test_reward_gradient_accumulation_equals_one_big_batch(tiny_gpt2_dir, policy
     pairs = [PreferencePair("Say something.", " good" * (i + 1), " bad", 0.5 if i else None)
              for i in range(4)]
     items, _ = tokenize_preferences(pairs, tokenizer, 64)
-    stats_one = reward_model.reward_step(model, items, [[0, 1, 2, 3]], tokenizer.pad_token_id,
+    whole, cut = [[0, 1, 2, 3]], [[0], [1, 2, 3]]
+    stats_one = reward_model.reward_step(model, items, whole, whole, tokenizer.pad_token_id,
                                          "cpu", center_coef=0.1)
     one = grads(model)
-    stats_two = reward_model.reward_step(model, items, [[0], [1, 2, 3]], tokenizer.pad_token_id,
+    stats_two = reward_model.reward_step(model, items, cut, cut, tokenizer.pad_token_id,
                                          "cpu", center_coef=0.1)
     two = grads(model)
     assert stats_one == pytest.approx(stats_two, abs=1e-6)
     for a, b in zip(one, two):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    # per-"rank" shares of the step add up to it, statistics included
+    shares = [reward_model.reward_step(model, items, cut, [rows], tokenizer.pad_token_id,
+                                       "cpu", center_coef=0.1) for rows in cut]
+    for key in stats_one:
+        assert sum(s[key] for s in shares) == pytest.approx(stats_one[key], abs=1e-6)
 
 
 def test_one_forward_scores_equal_separate_forwards(tiny_gpt2_dir, policy):

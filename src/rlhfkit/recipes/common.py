@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlhfkit import distributed
 from rlhfkit.config import config_to_dict, option, save_config
 from rlhfkit.errors import ConfigError, RlhfkitError
 
@@ -32,6 +33,48 @@ class OptimConfig:
     schedule: str = option("linear", "learning-rate decay after warmup",
                            choices=("constant", "linear", "cosine"))
     warmup_steps: int = option(0, "optimizer steps of linear warmup from 0", ge=0)
+
+
+@dataclass
+class ComputeConfig:
+    precision: str = option("auto", "fp32, or bf16 autocast (weights, optimizer state and loss "
+                                    "math stay fp32); auto: bf16 on a GPU that supports it, "
+                                    "fp32 on CPU", choices=("auto", "fp32", "bf16"))
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass "
+                                                 "(less memory, ~30% more time)")
+    timeout: float = option(600.0, "seconds a process waits for the others (rendezvous, "
+                                   "collectives) before it fails instead of hanging", gt=0)
+
+
+def use_bf16(compute: ComputeConfig, device: torch.device) -> bool:
+    """Whether to autocast to bf16: asked for, or `auto` on a GPU with bf16 support."""
+    if compute.precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return compute.precision == "bf16"
+
+
+def autocast(enabled: bool, device: torch.device):
+    """bf16 autocast on `device` (matmuls in bf16: AMX on CPU, tensor cores on GPU), or a
+    no-op. Parameters stay fp32; rlhfkit's loss math casts logits and values to fp32."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Turn on transformers' activation checkpointing. It only acts in train mode, so the
+    RL stage runs its training passes in train mode (dropout is off there anyway)."""
+    target = getattr(model, "lm", None) or getattr(model, "model", None) or model
+    if not hasattr(target, "gradient_checkpointing_enable"):
+        raise ConfigError(f"compute.gradient_checkpointing: {type(target).__name__} does not "
+                          "support it")
+    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def start_world(cfg) -> tuple[distributed.World, torch.device]:
+    """Join the process group when launched by torchrun / accelerate launch, and pick this
+    process's device (cuda:LOCAL_RANK, or the configured device)."""
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{cfg.device}' asked for, but no CUDA device is available")
+    return distributed.init(cfg.device, cfg.compute.timeout)
 
 
 def make_optimizer(param_groups, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -80,8 +123,13 @@ def seed_everything(seed: int) -> None:
 
 def prepare_run_dir(out: str, overwrite: bool, resume: bool, cfg) -> Path:
     """Create the run folder and save the resolved config in it. A folder that already
-    holds a run is refused unless `overwrite` (start again) or `resume` (continue it)."""
-    run_dir = Path(out)
+    holds a run is refused unless `overwrite` (start again) or `resume` (continue it).
+    With many processes rank 0 prepares it while the others wait, and an error reaches
+    every rank."""
+    return distributed.on_main(_prepare_run_dir, Path(out), overwrite, resume, cfg)
+
+
+def _prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool, cfg) -> Path:
     holds_run = (run_dir / "config.yaml").exists()
     if resume:
         if not holds_run:
@@ -100,15 +148,18 @@ def prepare_run_dir(out: str, overwrite: bool, resume: bool, cfg) -> Path:
 
 
 def setup_logging(run_dir: Path | None = None) -> None:
-    """Log to the console (INFO) and, with a run folder, to RUN_DIR/log.txt."""
+    """Log to the console (INFO) and, with a run folder, to RUN_DIR/log.txt. With many
+    processes only rank 0 writes the file; the others print warnings, marked with their rank."""
+    world = distributed.world()
     root = logging.getLogger("rlhfkit")
     root.setLevel(logging.DEBUG)  # DEBUG (e.g. the full config) goes to the file only
     root.handlers.clear()
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.INFO)
-    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(logging.INFO if world.is_main else logging.WARNING)
+    prefix = f"[rank {world.rank}] " if world.distributed else ""
+    console.setFormatter(logging.Formatter(prefix + "%(message)s"))
     root.addHandler(console)
-    if run_dir is not None:
+    if run_dir is not None and world.is_main:
         file = logging.FileHandler(run_dir / "log.txt")
         file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(file)

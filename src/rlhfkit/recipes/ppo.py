@@ -23,6 +23,15 @@ the model (policy, reference, critic or value head) and the term (policy loss, v
 KL loss, entropy, gradient); `log.max_bad_updates` skipped updates in a row stop the run,
 naming the last good checkpoint and what to try. Running out of memory names the batch
 setting to lower.
+
+Many processes (`torchrun`, `accelerate launch`; see rlhfkit.distributed): rank r samples,
+scores and runs the no-grad passes of its share of the rollout batch, then the rollouts are
+all-gathered, so step 4 runs over the global batch on every rank alike. In step 5 each rank
+takes its share of every mini-batch, divides its loss by the mini-batch's global token
+count, and the gradients are summed over ranks before clipping: the update equals that of
+one process holding the whole batch. The random numbers of update u (sampling noise for
+each global row, the mini-batch shuffle) are a pure function of (seed, u), so resuming with
+another number of processes draws the same ones.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit import distributed
 from rlhfkit.checkpoint import (latest_checkpoint, load_trainer_state, save_checkpoint,
                                 save_trainer_state, write_folder)
 from rlhfkit.config import assert_same_config
@@ -50,10 +60,11 @@ from rlhfkit.generation import Sampling, sample_responses
 from rlhfkit.metrics import MetricsLogger, console_table
 from rlhfkit.models import (PolicyWithValueHead, ValueModel, disable_dropout, load_causal_lm,
                             load_tokenizer)
-from rlhfkit.recipes.common import (clip_grad_norm, describe_config, make_optimizer,
+from rlhfkit.recipes.common import (autocast, clip_grad_norm, describe_config,
+                                    enable_gradient_checkpointing, make_optimizer,
                                     make_scheduler, model_context, nonfinite_grad,
-                                    nonfinite_parameter, out_of_memory_hint, pick_device,
-                                    prepare_run_dir, seed_everything, setup_logging)
+                                    nonfinite_parameter, out_of_memory_hint, prepare_run_dir,
+                                    seed_everything, setup_logging, start_world, use_bf16)
 from rlhfkit.recipes.ppo_config import PPOConfig
 from rlhfkit.rollout import Rollout, chunked, critic_values, response_forward, score_tokens, select
 from rlhfkit.scoring import (FunctionScorer, RewardModelScorer, ScoreRequest, WeightedSum,
@@ -78,8 +89,8 @@ class Parts:
     kl_ctl: FixedKLController | AdaptiveKLController
     prompt_texts: list[str]
     prompt_tokens: list[list[int]]
-    sampling_gen: torch.Generator
-    shuffle_gen: torch.Generator
+    world: distributed.World = field(default_factory=distributed.World)
+    bf16: bool = False                      # autocast the forward passes to bf16
     update: int = 0                         # updates completed
     bad_in_a_row: int = 0                   # consecutive skipped updates
     last_skip: str | None = None            # why the last optimizer step was skipped
@@ -89,6 +100,19 @@ class Parts:
     def lm(self) -> torch.nn.Module:
         """The causal LM that samples (the policy without its value head)."""
         return self.policy.lm if isinstance(self.policy, PolicyWithValueHead) else self.policy
+
+    def autocast(self):
+        return autocast(self.bf16, self.device)
+
+
+SAMPLING, SHUFFLE = 0, 1
+
+
+def update_generator(seed: int, update: int, stream: int, device="cpu") -> torch.Generator:
+    """The random stream `stream` (SAMPLING or SHUFFLE) of update `update`: a pure function
+    of (seed, update), so a resumed run — on any number of processes — draws the same
+    numbers without storing generator states."""
+    return torch.Generator(device).manual_seed(seed + 1_000_003 * (2 * update + stream + 1))
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -155,12 +179,17 @@ def load_data(cfg: PPOConfig, tokenizer) -> tuple[list[str], list[list[int]]]:
 
 def build(cfg: PPOConfig, device, resume_from: Path | None, data=None) -> Parts:
     """Every part of a run; `data` is (tokenizer, texts, tokens) when already loaded."""
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same on every rank: a fresh value head starts alike
     tokenizer = data[0] if data else load_tokenizer(cfg.policy, cfg.trust_remote_code)
     texts, tokens = data[1:] if data else load_data(cfg, tokenizer)
     policy_dir = str(resume_from / "policy") if resume_from else cfg.policy
     value_dir = str(resume_from / "value") if resume_from and cfg.uses_value and cfg.value.kind == "critic" else None
     policy, ref, critic = build_models(cfg, tokenizer, device, policy_dir, value_dir)
+    for model in (policy, critic):
+        if model is not None:
+            distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
+            if cfg.compute.gradient_checkpointing:
+                enable_gradient_checkpointing(model)
     value_lr = cfg.value.lr or cfg.optim.lr
     if isinstance(policy, PolicyWithValueHead):
         groups = [{"params": list(policy.lm.parameters())},
@@ -176,9 +205,8 @@ def build(cfg: PPOConfig, device, resume_from: Path | None, data=None) -> Parts:
               else FixedKLController(cfg.kl.coef))
     gold = FunctionScorer(cfg.log.gold) if cfg.log.gold else None
     return Parts(cfg, device, tokenizer, policy, ref, critic, build_scorer(cfg, tokenizer, device),
-                 gold, optimizer, scheduler, kl_ctl, texts, tokens,
-                 torch.Generator().manual_seed(cfg.seed + 1),
-                 torch.Generator().manual_seed(cfg.seed + 2))
+                 gold, optimizer, scheduler, kl_ctl, texts, tokens, distributed.world(),
+                 use_bf16(cfg.compute, device))
 
 
 # ---------------------------------------------------------------------------- 1–3: rollout
@@ -215,33 +243,38 @@ def stop_token_id(tokenizer, stop_token: str | None) -> int:
 
 
 def collect_rollout(p: Parts) -> Rollout:
-    """Steps 1–3: sample, score, and compute old/reference log-probs and values."""
+    """Steps 1–3 for this rank's rows of the rollout batch: sample, score, and compute old
+    and reference log-probs and values; then gather every rank's rows (all of them, in
+    global order, on every rank)."""
     cfg, dev = p.cfg, p.device
     group = cfg.batch.samples_per_prompt
     idx = prompt_indices(p.update, len(p.prompt_texts), cfg.batch.prompts_per_update, cfg.seed)
     idx = [i for i in idx for _ in range(group)]            # G contiguous samples per prompt
-    batch = collate_prompts([p.prompt_tokens[i] for i in idx], p.tokenizer.pad_token_id)
+    rows = distributed.shard(len(idx), p.world)             # this rank's rows
+    local_idx = idx[rows]
+    batch = collate_prompts([p.prompt_tokens[i] for i in local_idx], p.tokenizer.pad_token_id)
     prompt_ids, prompt_mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
     s, b = cfg.sampling, cfg.batch
     t0 = time.perf_counter()
     eos = stop_token_id(p.tokenizer, s.stop_token) if s.stop_at_eos else -1  # -1: never stop
-    # the whole rollout batch is generated at once
-    with out_of_memory_hint(f"generating {len(idx)} responses at once",
+    # the whole rollout batch (of this rank) is generated at once
+    with out_of_memory_hint(f"generating {len(local_idx)} responses at once",
                             f"batch.prompts_per_update (now {b.prompts_per_update}), "
                             f"batch.samples_per_prompt (now {group}) or sampling.max_new_tokens "
-                            f"(now {s.max_new_tokens})"):
+                            f"(now {s.max_new_tokens})"), p.autocast():
         response_ids, response_mask, has_eos = sample_responses(
             p.lm, prompt_ids, prompt_mask,
             Sampling(s.max_new_tokens, s.temperature, s.top_k, s.top_p),
-            eos, p.tokenizer.pad_token_id, p.sampling_gen)
+            eos, p.tokenizer.pad_token_id, update_generator(cfg.seed, p.update, SAMPLING, dev),
+            row_offset=rows.start, total_rows=len(idx))
     t1 = time.perf_counter()
-    texts = [p.prompt_texts[i] for i in idx]
+    texts = [p.prompt_texts[i] for i in local_idx]
     responses = decode_responses(p.tokenizer, response_ids, response_mask, has_eos)
     request = ScoreRequest(texts, responses, prompt_ids, prompt_mask, response_ids,
                            response_mask, has_eos)
     no_grad_passes = f"batch.forward_batch_size (now {b.forward_batch_size})"
-    with out_of_memory_hint(f"scoring with {p.scorer.name}", no_grad_passes):
-        raw = p.scorer(request).to(dev)
+    with out_of_memory_hint(f"scoring with {p.scorer.name}", no_grad_passes), p.autocast():
+        raw = p.scorer(request).to(dev).float()
     scores = raw
     if cfg.reward.missing_eos_penalty and s.stop_at_eos:
         scores = apply_missing_eos_penalty(scores, has_eos, cfg.reward.missing_eos_penalty)
@@ -250,18 +283,38 @@ def collect_rollout(p: Parts) -> Rollout:
     parts = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
              "response_ids": response_ids, "response_mask": response_mask}
     logprobs, ref_logprobs, values = [], [], []
-    with out_of_memory_hint("computing old and reference log-probs and values", no_grad_passes):
-        for rows in chunked(len(idx), cfg.batch.forward_batch_size):
-            chunk = {k: v[rows] for k, v in parts.items()}
+    with out_of_memory_hint("computing old and reference log-probs and values",
+                            no_grad_passes), p.autocast():
+        for chunk_rows in chunked(len(local_idx), cfg.batch.forward_batch_size):
+            chunk = {k: v[chunk_rows] for k, v in parts.items()}
             lp, val, _ = score_tokens(p.policy, chunk, s.temperature, p.critic)
             ref_lp, _, _ = score_tokens(p.ref, chunk, s.temperature)
             logprobs.append(lp), ref_logprobs.append(ref_lp), values.append(val)
     t3 = time.perf_counter()
     p.timings = {"time/generate": t1 - t0, "time/score": t2 - t1, "time/forward": t3 - t2}
-    return Rollout(texts, responses, prompt_ids, prompt_mask, response_ids, response_mask,
-                   has_eos, torch.cat(logprobs), torch.cat(ref_logprobs),
-                   torch.cat(values) if cfg.uses_value else None, scores, raw,
-                   gold_scores=p.gold(request) if p.gold else None)
+    local = Rollout(texts, responses, prompt_ids, prompt_mask, response_ids, response_mask,
+                    has_eos, torch.cat(logprobs), torch.cat(ref_logprobs),
+                    torch.cat(values) if cfg.uses_value else None, scores, raw,
+                    gold_scores=p.gold(request).to(dev) if p.gold else None)
+    return gather_rollout(local, p.tokenizer.pad_token_id)
+
+
+def gather_rollout(r: Rollout, pad_id: int) -> Rollout:
+    """Every rank's rows, in global order, on every rank (one process: `r` itself). Prompts
+    are left-padded and responses right-padded to the longest of all ranks; padding never
+    changes a masked result, so the global batch is exactly the one-process batch."""
+    if not distributed.world().distributed:
+        return r
+    gather = distributed.all_gather_rows
+    texts = [t for part in distributed.all_gather_objects((r.prompts, r.responses))
+             for t in zip(*part)]
+    optional = lambda x: None if x is None else gather(x)
+    return Rollout([t[0] for t in texts], [t[1] for t in texts],
+                   gather(r.prompt_ids, pad_id, pad_left=True),
+                   gather(r.prompt_mask, 0, pad_left=True), gather(r.response_ids, pad_id),
+                   gather(r.response_mask), gather(r.has_eos.long()).bool(), gather(r.logprobs),
+                   gather(r.ref_logprobs), optional(r.values), gather(r.scores),
+                   gather(r.raw_scores), gold_scores=optional(r.gold_scores))
 
 
 # ---------------------------------------------------------------------------- 4: advantages
@@ -286,7 +339,8 @@ def micro_batch_loss(p: Parts, mb: dict, normalizer, kl_coef: float) -> tuple[to
     cfg = p.cfg
     args = (mb["prompt_ids"], mb["prompt_mask"], mb["response_ids"], mb["response_mask"])
     mask, reduction = mb["response_mask"], cfg.loss.reduction
-    logits, values = response_forward(p.policy, *args)
+    with p.autocast():
+        logits, values = response_forward(p.policy, *args)
     logprobs = logprobs_from_logits(logits, mb["response_ids"], cfg.sampling.temperature)
     pg_loss, stats = ppo_policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask,
                                      cfg.loss.clip_eps, reduction, normalizer)
@@ -296,7 +350,8 @@ def micro_batch_loss(p: Parts, mb: dict, normalizer, kl_coef: float) -> tuple[to
     stats = {"loss/policy": pg_loss.detach(), "policy/entropy": entropy.detach(), **stats}
     if cfg.uses_value:
         if p.critic is not None:
-            values = critic_values(p.critic, *args)
+            with p.autocast():
+                values = critic_values(p.critic, *args)
         vf_loss, vf_stats = ppo_value_loss(values, mb["values"], mb["returns"], mask,
                                            cfg.loss.value_clip_eps, reduction, normalizer)
         loss = loss + cfg.loss.vf_coef * vf_loss
@@ -317,32 +372,53 @@ def trainable(p: Parts) -> list[torch.nn.Parameter]:
 
 
 def optimizer_step(p: Parts, rows: torch.Tensor, rollout: Rollout, kl_coef: float) -> dict | None:
-    """One mini-batch: accumulate micro-batch gradients, clip, step. None when skipped."""
+    """One mini-batch (`rows` of the global rollout): this rank accumulates the gradients of
+    its share, micro-batch by micro-batch; the gradients are summed over ranks, clipped and
+    applied. None when skipped (on every rank alike)."""
     cfg = p.cfg
     mask = rollout.response_mask[rows]
+    # the global normaliser: every rank divides by the count of the whole mini-batch
     normalizer = mask.sum() if cfg.loss.reduction == "token_mean" else len(rows)
-    stats_list = []
-    for micro in rows.split(cfg.batch.micro_batch_size):
+    local_rows = rows[distributed.shard(len(rows), p.world)]
+    stats_list, problem = [], None
+    train_mode(p, True)
+    for micro in local_rows.split(cfg.batch.micro_batch_size):
         with out_of_memory_hint("training (forward and backward of a micro-batch)",
                                 f"batch.micro_batch_size (now {cfg.batch.micro_batch_size}; "
                                 "the mini-batch stays the same through gradient accumulation)"):
             loss, stats = micro_batch_loss(p, select(rollout, micro), normalizer, kl_coef)
             if not torch.isfinite(loss):
-                return skip(p, nonfinite_terms(p, stats))
+                problem = nonfinite_terms(p, stats)
+                break
             loss.backward()
-        # loss terms already carry the mini-batch normaliser and add up over micro-batches;
-        # the other statistics are micro-batch means, weighted by their share of the rows
+        # loss terms already carry the mini-batch normaliser and add up over micro-batches
+        # (and ranks); the other statistics are micro-batch means, weighted by their share
         stats_list.append({k: float(v) * (1 if k in GLOBALLY_NORMALISED else len(micro) / len(rows))
                            for k, v in stats.items()})
+    train_mode(p, False)
+    if not distributed.all_ranks_agree(problem is None):
+        return skip(p, problem or "non-finite loss on another process")
+    distributed.all_reduce_grads(trainable(p))
     grad_norm = clip_grad_norm(trainable(p), cfg.optim.max_grad_norm)
     if not torch.isfinite(grad_norm):
         return skip(p, nonfinite_gradient(p))
     p.optimizer.step()
     p.optimizer.zero_grad(set_to_none=True)
     p.scheduler.step()
-    summed = {k: sum(s[k] for s in stats_list) for k in stats_list[0]}
+    keys = list(stats_list[0])
+    summed = dict(zip(keys, distributed.all_reduce_sum([sum(s[k] for s in stats_list)
+                                                        for k in keys])))
     summed["grad_norm"] = float(grad_norm)
     return summed
+
+
+def train_mode(p: Parts, on: bool) -> None:
+    """Gradient checkpointing acts only in train mode; dropout is off in every model, so
+    train and eval mode compute the same. Without checkpointing the models stay in eval."""
+    if p.cfg.compute.gradient_checkpointing:
+        for model in (p.policy, p.critic):
+            if model is not None:
+                model.train(on)
 
 
 def value_model_name(p: Parts) -> str:
@@ -388,8 +464,10 @@ def train_on_rollout(p: Parts, rollout: Rollout, kl_coef: float) -> dict:
     cfg, n = p.cfg, len(rollout)
     mini = n // cfg.batch.num_mini_batches
     history = []
+    shuffle = update_generator(cfg.seed, p.update, SHUFFLE)
     for _ in range(cfg.num_epochs):
-        order = torch.randperm(n, generator=p.shuffle_gen).to(rollout.response_ids.device)
+        # one global order: rank r trains on its share of each mini-batch
+        order = torch.randperm(n, generator=shuffle).to(rollout.response_ids.device)
         for start in range(0, n, mini):
             stats = optimizer_step(p, order[start:start + mini], rollout, kl_coef)
             if stats is not None:
@@ -465,17 +543,15 @@ def write_checkpoint(p: Parts) -> Path:
             p.tokenizer.save_pretrained(folder / "value")
         save_trainer_state(folder, p.optimizer, p.scheduler,
                            extra={"update": p.update, "kl_ctl": p.kl_ctl.state_dict(),
-                                  "bad_in_a_row": p.bad_in_a_row},
-                           generators={"sampling": p.sampling_gen, "shuffle": p.shuffle_gen})
-    return save_checkpoint(p.cfg.out, p.update, write, keep_last=p.cfg.log.keep_last)
+                                  "bad_in_a_row": p.bad_in_a_row})
+    return distributed.on_main(save_checkpoint, p.cfg.out, p.update, write, p.cfg.log.keep_last)
 
 
 def restore(p: Parts, folder: Path) -> None:
-    state = load_trainer_state(folder, p.optimizer, p.scheduler,
-                               generators={"sampling": p.sampling_gen, "shuffle": p.shuffle_gen})
+    state = load_trainer_state(folder, p.optimizer, p.scheduler)
     p.update, p.bad_in_a_row = state["update"], state["bad_in_a_row"]
     p.kl_ctl.load_state_dict(state["kl_ctl"])
-    drop_lines_after(p.cfg.out, p.update)
+    distributed.on_main(drop_lines_after, p.cfg.out, p.update)
 
 
 def drop_lines_after(run_dir, update: int) -> None:
@@ -567,7 +643,7 @@ def one_update(p: Parts, logger: MetricsLogger) -> None:
     metrics["lr"] = p.scheduler.get_last_lr()[0]
     p.update += 1
     logger.log(p.update, metrics)
-    if p.update % p.cfg.log.sample_every == 0 or p.update == 1:
+    if p.world.is_main and (p.update % p.cfg.log.sample_every == 0 or p.update == 1):
         save_samples(p, rollout)
 
 
@@ -577,6 +653,8 @@ def train(cfg: PPOConfig) -> Parts:
     # a bad prompt file fails here, before any model is loaded or any folder written
     tokenizer = load_tokenizer(cfg.policy, cfg.trust_remote_code)
     data = (tokenizer, *load_data(cfg, tokenizer))
+    world, device = start_world(cfg)
+    cfg.batch_plan(world.world_size)  # sizes that do not divide over the processes fail here
     run_dir = prepare_run_dir(cfg.out, cfg.overwrite, cfg.resume, cfg)
     setup_logging(run_dir)
     resume_from = None
@@ -585,22 +663,23 @@ def train(cfg: PPOConfig) -> Parts:
         resume_from = latest_checkpoint(run_dir)
         if resume_from is None:
             log.warning("no whole checkpoint in %s: starting from the beginning", run_dir)
-    device = pick_device(cfg.device)
-    log.info("rlhfkit %s on %s; config in %s", cfg.algo, device, run_dir / "config.yaml")
+    on = f"{world.world_size} processes ({device.type})" if world.distributed else device
+    log.info("rlhfkit %s on %s; config in %s", cfg.algo, on, run_dir / "config.yaml")
     log.debug("config:\n%s", describe_config(cfg))
     p = build(cfg, device, resume_from, data)
     if resume_from is not None:
         restore(p, resume_from)
         log.info("resumed from %s (update %d)", resume_from, p.update)
     elif cfg.resume:
-        drop_lines_after(run_dir, 0)
-    log.info("batch plan: %s", ", ".join(f"{k} {v}" for k, v in cfg.batch_plan().items()))
-    with MetricsLogger(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
-                       config=cfg) as logger:
+        distributed.on_main(drop_lines_after, run_dir, 0)
+    log.info("batch plan: %s", ", ".join(f"{k} {v}" for k, v in
+                                         cfg.batch_plan(world.world_size).items()))
+    with MetricsLogger(run_dir, rank0=world.is_main, tensorboard=cfg.log.tensorboard,
+                       wandb=cfg.log.wandb, config=cfg) as logger:
         from tqdm.auto import tqdm
         # closed even when the run stops with an error, so the error is the last line
         with tqdm(total=cfg.batch.num_updates, initial=p.update, desc=cfg.algo,
-                  unit="update") as bar:
+                  unit="update", disable=not world.is_main) as bar:
             while p.update < cfg.batch.num_updates:
                 one_update(p, logger)
                 bar.update(1)
@@ -610,7 +689,8 @@ def train(cfg: PPOConfig) -> Parts:
     def write_final(folder: Path) -> None:
         p.policy.save_pretrained(folder)
         p.tokenizer.save_pretrained(folder)
-    final = write_folder(Path(cfg.out) / "policy", write_final, "the final policy")
+    final = distributed.on_main(write_folder, Path(cfg.out) / "policy", write_final,
+                                "the final policy")
     log.info("policy saved to %s", final)
     return p
 

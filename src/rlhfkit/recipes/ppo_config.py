@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rlhfkit.config import REQUIRED, option
 from rlhfkit.core import KL_ESTIMATORS, REDUCTIONS
 from rlhfkit.errors import ConfigError
-from rlhfkit.recipes.common import OptimConfig
+from rlhfkit.recipes.common import ComputeConfig, OptimConfig
 
 ALGOS = ("ppo", "reinforce", "rloo", "grpo")
 
@@ -138,6 +138,7 @@ class PPOConfig:
     kl: KLConfig = option(KLConfig, "KL penalty to the reference model")
     optim: OptimConfig = option(OptimConfig, "optimizer")
     log: LogConfig = option(LogConfig, "logging and checkpoints")
+    compute: ComputeConfig = option(ComputeConfig, "precision, memory and many processes")
 
     def validate(self) -> None:
         if not self.reward.model and not self.reward.functions:
@@ -178,22 +179,36 @@ class PPOConfig:
     def kl_estimator(self) -> str:
         return self.kl.estimator or ("k3" if self.kl_in_loss else "k1")
 
-    def batch_plan(self) -> dict[str, int]:
-        """Every derived batch size; raises ConfigError when they do not divide exactly."""
+    def batch_plan(self, world_size: int = 1) -> dict[str, int]:
+        """Every derived batch size; raises ConfigError when they do not divide exactly.
+        With W processes each generates rollout/W rows and trains on mini/W rows of every
+        mini-batch, micro_batch_size at a time."""
         b = self.batch
         rollout = b.prompts_per_update * b.samples_per_prompt
         if rollout % b.num_mini_batches:
             raise ConfigError(f"batch.num_mini_batches: {b.num_mini_batches} does not divide the "
                               f"rollout batch of {rollout} (prompts_per_update × samples_per_prompt)")
         mini = rollout // b.num_mini_batches
-        if mini % b.micro_batch_size:
-            raise ConfigError(f"batch.micro_batch_size: {b.micro_batch_size} does not divide the "
-                              f"mini-batch of {mini} rows")
-        return {"prompts per update": b.prompts_per_update,
+        if mini % world_size:
+            raise ConfigError(f"the world size {world_size} (processes) does not divide the "
+                              f"mini-batch of {mini} rows (rollout batch {rollout} / "
+                              f"batch.num_mini_batches {b.num_mini_batches}); pick sizes that "
+                              "divide")
+        local_mini = mini // world_size
+        if local_mini % b.micro_batch_size:
+            per = f"the {local_mini} rows each of {world_size} processes takes from " \
+                  if world_size > 1 else ""
+            raise ConfigError(f"batch.micro_batch_size: {b.micro_batch_size} does not divide "
+                              f"{per}the mini-batch of {mini} rows")
+        plan = {"prompts per update": b.prompts_per_update,
                 "samples per prompt": b.samples_per_prompt, "rollout batch": rollout,
-                "mini-batch": mini, "micro-batch": b.micro_batch_size,
-                "gradient accumulation": mini // b.micro_batch_size,
-                "epochs per update": self.num_epochs,
-                "optimizer steps per update": self.num_epochs * b.num_mini_batches,
-                "updates": b.num_updates,
-                "optimizer steps in all": b.num_updates * self.num_epochs * b.num_mini_batches}
+                "mini-batch": mini}
+        if world_size > 1:
+            plan.update({"processes": world_size, "mini-batch per process": local_mini})
+        return plan | {
+            "micro-batch": b.micro_batch_size,
+            "gradient accumulation": local_mini // b.micro_batch_size,
+            "epochs per update": self.num_epochs,
+            "optimizer steps per update": self.num_epochs * b.num_mini_batches,
+            "updates": b.num_updates,
+            "optimizer steps in all": b.num_updates * self.num_epochs * b.num_mini_batches}

@@ -45,18 +45,19 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit import distributed
 from rlhfkit.config import REQUIRED, option
 from rlhfkit.core import reward_model_loss
 from rlhfkit.data import collate_preferences, load_preferences, tokenize_preferences
 from rlhfkit.metrics import MetricsLogger
-from rlhfkit.models import (disable_dropout, get_score_stats, init_reward_model,
-                            load_reward_model, load_tokenizer, score_sequences,
-                            set_score_stats)
-from rlhfkit.recipes.common import (OptimConfig, describe_config, fit_context, model_context,
-                                    out_of_memory_hint, pick_device, seed_everything,
-                                    setup_logging)
+from rlhfkit.models import (get_score_stats, init_reward_model, load_reward_model,
+                            load_tokenizer, score_sequences, set_score_stats)
+from rlhfkit.recipes.common import (ComputeConfig, OptimConfig, autocast, describe_config,
+                                    fit_context, model_context, out_of_memory_hint,
+                                    seed_everything, setup_logging, start_world, use_bf16)
 from rlhfkit.recipes.sft import (DTYPES, TrainLogConfig, guarded_step, load_splits, open_run,
-                                 save_final, to_device, training_state, write_checkpoint)
+                                 prepare_model, save_final, to_device, training_state,
+                                 write_checkpoint)
 
 log = logging.getLogger("rlhfkit")
 
@@ -86,7 +87,9 @@ class RewardModelConfig:
                                   "of the prompt", gt=1)
     batch_size: int = option(8, "pairs per forward/backward pass (2 × rows: chosen and rejected)",
                              gt=0)
-    grad_accum: int = option(1, "micro-batches per optimizer step (gradient accumulation)", gt=0)
+    grad_accum: int = option(1, "micro-batches per optimizer step, over all processes "
+                                "(gradient accumulation; each of W processes runs "
+                                "grad_accum / W)", gt=0)
     epochs: int = option(1, "passes over the training pairs", gt=0)
     max_steps: int | None = option(None, "optimizer steps in all; overrides epochs", gt=0)
     stop_after: int | None = option(None, "end this session once the run has done this "
@@ -105,6 +108,7 @@ class RewardModelConfig:
     resume: bool = option(False, "continue the run in `out` from its last checkpoint")
     overwrite: bool = option(False, "replace a run that already exists in `out`")
     log: TrainLogConfig = option(TrainLogConfig, "evaluation, checkpoints and metric mirrors")
+    compute: ComputeConfig = option(ComputeConfig, "precision, memory and many processes")
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -122,40 +126,48 @@ def score_pairs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return chosen, rejected
 
 
-def reward_step(model, items, micro_batches: list[list[int]], pad_id: int, device,
-                center_coef: float) -> dict[str, float]:
+def reward_step(model, items, micro_batches: list[list[int]], local: list[list[int]],
+                pad_id: int, device, center_coef: float, bf16: bool = False) -> dict[str, float]:
     """Backward of one optimizer step's loss, the mean over all its pairs: each micro-batch's
-    pair-mean loss is weighted by its share of the step's pairs, so accumulation gives the
-    gradient of one big batch. Returns the step's loss, accuracy and mean margin."""
+    pair-mean loss is weighted by its share of the step's pairs, so accumulation — over
+    micro-batches and over processes (this one runs `local`, its share of `micro_batches`)
+    — gives the gradient of one big batch. Returns the step's loss, accuracy and mean
+    margin, summed over processes."""
     n_pairs = sum(len(rows) for rows in micro_batches)
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
-    for rows in micro_batches:
+    for rows in local:
         batch = to_device(collate_preferences([items[i] for i in rows], pad_id), device)
-        chosen, rejected = score_pairs(model, batch)
+        with autocast(bf16, device):
+            chosen, rejected = score_pairs(model, batch)
         loss, stats = reward_model_loss(chosen, rejected, batch["margin"], center_coef)
         share = len(rows) / n_pairs
         (loss * share).backward()
         totals["loss"] += float(loss.detach()) * share
         totals["accuracy"] += float(stats["accuracy"]) * share
         totals["margin"] += float(stats["margin"]) * share
-    return totals
+    return dict(zip(totals, distributed.all_reduce_sum(list(totals.values()))))
 
 
 @torch.no_grad()
 def score_all(model, items, batch_size: int, pad_id: int, device):
-    """Chosen scores (N,), rejected scores (N,) and margins (N,) or None, in eval mode."""
+    """Chosen scores (N,), rejected scores (N,) and margins (N,) or None, in eval mode. With
+    many processes each scores every W-th pair and all get every score (in rank order)."""
     was_training = model.training
     model.eval()
-    chosen, rejected, margins = [], [], []
+    has_margin = any(item.margin is not None for item in items)
+    world = distributed.world()
+    items = items[world.rank::world.world_size]
+    chosen, rejected, margins = [torch.zeros(0)], [torch.zeros(0)], [torch.zeros(0)]
     for start in range(0, len(items), batch_size):
         batch = to_device(collate_preferences(items[start:start + batch_size], pad_id), device)
         c, r = score_pairs(model, batch)
-        chosen.append(c.cpu())
-        rejected.append(r.cpu())
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
         margins.append(torch.zeros(len(c)) if batch["margin"] is None else batch["margin"].cpu())
     model.train(was_training)
-    has_margin = any(item.margin is not None for item in items)
-    return torch.cat(chosen), torch.cat(rejected), torch.cat(margins) if has_margin else None
+    parts = distributed.all_gather_objects([torch.cat(x) for x in (chosen, rejected, margins)])
+    chosen, rejected, margins = (torch.cat([part[i] for part in parts]) for i in range(3))
+    return chosen, rejected, margins if has_margin else None
 
 
 def evaluate_reward(model, items, batch_size: int, pad_id: int, device,
@@ -211,7 +223,8 @@ def train(cfg: RewardModelConfig) -> RewardRun:
     """Run (or resume) reward-model training; returns the finished run."""
     started = time.perf_counter()
     setup_logging()  # console only, until the run folder exists
-    device = pick_device(cfg.device)
+    world, device = start_world(cfg)
+    bf16 = use_bf16(cfg.compute, device)
 
     # 1. data: prompt + response tokenized as the policy will generate it
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
@@ -236,9 +249,7 @@ def train(cfg: RewardModelConfig) -> RewardRun:
         model, _ = load_reward_model(resume_from / "model", **load)
     else:
         model = init_reward_model(cfg.model, tokenizer, **load)
-    if not cfg.dropout:
-        disable_dropout(model)
-    model.to(device).train()
+    prepare_model(model, cfg, device)
 
     # 4. optimizer and schedule over every optimizer step of the run
     plan, optimizer, scheduler, step, guard, total_steps, stop_at = training_state(
@@ -250,8 +261,8 @@ def train(cfg: RewardModelConfig) -> RewardRun:
              cfg.grad_accum)
 
     first_eval = last_eval = None
-    with MetricsLogger(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
-                       config=cfg) as logger:
+    with MetricsLogger(run_dir, rank0=world.is_main, tensorboard=cfg.log.tensorboard,
+                       wandb=cfg.log.wandb, config=cfg) as logger:
         if step == 0 and eval_items:
             with out_of_memory_hint("evaluating the reward model", memory):
                 first_eval = last_eval = evaluate_reward(model, eval_items, cfg.batch_size,
@@ -260,14 +271,17 @@ def train(cfg: RewardModelConfig) -> RewardRun:
             log_eval(0, first_eval)
         from tqdm.auto import tqdm
         # closed even when the run stops with an error, so the error is the last line
-        with tqdm(total=total_steps, initial=step, desc="reward", unit="step", disable=None) as bar:
+        with tqdm(total=total_steps, initial=step, desc="reward", unit="step",
+                  disable=None if world.is_main else True) as bar:
             while step < stop_at:
                 # 5. one optimizer step
                 t0 = time.perf_counter()
                 lr = scheduler.get_last_lr()[0]
                 rows = plan.micro_batches(step)
                 with out_of_memory_hint("training the reward model", memory):
-                    stats = reward_step(model, train_items, rows, pad_id, device, cfg.center_coef)
+                    stats = reward_step(model, train_items, rows,
+                                        plan.local_micro_batches(step, world), pad_id, device,
+                                        cfg.center_coef, bf16)
                 grad_norm = guarded_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
                                          torch.tensor(stats["loss"]), "loss (Bradley-Terry)", guard,
                                          step)

@@ -59,13 +59,16 @@ from rlhfkit.checkpoint import (latest_checkpoint, list_checkpoints, load_traine
 from rlhfkit.config import REQUIRED, assert_same_config, option
 from rlhfkit.core import logprobs_from_logits, masked_sum, reduce_loss
 from rlhfkit.data import collate_sft, load_sft, tokenize_sft
-from rlhfkit.errors import DataError, RlhfkitError
+from rlhfkit.errors import ConfigError, DataError, RlhfkitError
 from rlhfkit.metrics import METRICS_FILE, MetricsLogger
 from rlhfkit.models import disable_dropout, load_causal_lm, load_tokenizer
-from rlhfkit.recipes.common import (OptimConfig, clip_grad_norm, describe_config, fit_context,
+from rlhfkit import distributed
+from rlhfkit.recipes.common import (ComputeConfig, OptimConfig, autocast, clip_grad_norm,
+                                    describe_config, enable_gradient_checkpointing, fit_context,
                                     make_optimizer, make_scheduler, model_context,
                                     nonfinite_grad, nonfinite_parameter, out_of_memory_hint,
-                                    pick_device, prepare_run_dir, seed_everything, setup_logging)
+                                    prepare_run_dir, seed_everything, setup_logging,
+                                    start_world, use_bf16)
 from rlhfkit.recipes.ppo import truncate_jsonl
 
 log = logging.getLogger("rlhfkit")
@@ -111,7 +114,9 @@ class SFTConfig:
     max_length: int = option(512, "tokens per example; longer ones lose the start of the prompt",
                              gt=1)
     batch_size: int = option(8, "examples per forward/backward pass (micro-batch)", gt=0)
-    grad_accum: int = option(1, "micro-batches per optimizer step (gradient accumulation)", gt=0)
+    grad_accum: int = option(1, "micro-batches per optimizer step, over all processes "
+                                "(gradient accumulation; each of W processes runs "
+                                "grad_accum / W)", gt=0)
     epochs: int = option(1, "passes over the training data", gt=0)
     max_steps: int | None = option(None, "optimizer steps in all; overrides epochs", gt=0)
     stop_after: int | None = option(None, "end this session once the run has done this "
@@ -126,6 +131,7 @@ class SFTConfig:
     resume: bool = option(False, "continue the run in `out` from its last checkpoint")
     overwrite: bool = option(False, "replace a run that already exists in `out`")
     log: TrainLogConfig = option(TrainLogConfig, "evaluation, checkpoints and metric mirrors")
+    compute: ComputeConfig = option(ComputeConfig, "precision, memory and many processes")
 
 
 # ---------------------------------------------------------------------------- shared pieces
@@ -196,6 +202,12 @@ class StepPlan:
         rows = list(order[k * per_step:(k + 1) * per_step])
         return [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
 
+    def local_micro_batches(self, step: int, world: distributed.World) -> list[list[int]]:
+        """This process's micro-batches of step `step`: the r-th block of grad_accum / W
+        (the last, short step of an epoch may leave a process none)."""
+        per_rank = self.grad_accum // world.world_size
+        return self.micro_batches(step)[world.rank * per_rank:(world.rank + 1) * per_rank]
+
 
 def open_run(cfg) -> tuple[Path, Path | None]:
     """Create (or reopen, with resume=true) the run folder; log to it. Returns the folder
@@ -224,7 +236,7 @@ def write_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sche
         tokenizer.save_pretrained(folder / "model")
         save_trainer_state(folder, optimizer, scheduler, extra={
             "step": step, "bad_in_a_row": guard.in_a_row if guard else 0})
-    return save_checkpoint(run_dir, step, write, keep_last=keep_last)
+    return distributed.on_main(save_checkpoint, run_dir, step, write, keep_last)
 
 
 def restore(run_dir: Path, folder: Path | None, optimizer, scheduler) -> dict:
@@ -235,7 +247,8 @@ def restore(run_dir: Path, folder: Path | None, optimizer, scheduler) -> dict:
         state.update(load_trainer_state(folder, optimizer, scheduler))
         log.info("resumed from %s (step %d)", folder, state["step"])
     # -1 without a checkpoint: the step-0 evaluation will be written again
-    truncate_jsonl(run_dir / METRICS_FILE, state["step"] if folder is not None else -1)
+    distributed.on_main(truncate_jsonl, run_dir / METRICS_FILE,
+                        state["step"] if folder is not None else -1)
     return state
 
 
@@ -246,7 +259,8 @@ def save_final(model, tokenizer, folder: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     checkpoints = list_checkpoints(folder.parent, verify=False)
-    return write_folder(folder, write, "the final model", checkpoints[-1] if checkpoints else None)
+    return distributed.on_main(write_folder, folder, write, "the final model",
+                               checkpoints[-1] if checkpoints else None)
 
 
 @dataclass
@@ -294,10 +308,11 @@ def guarded_step(model, optimizer, scheduler, max_grad_norm: float | None, loss:
     schedule steps either way, so the learning rate stays a function of the step number.
     Returns the gradient norm before clipping, or None when skipped."""
     problem, grad_norm = None, None
-    if not bool(torch.isfinite(loss)):
+    if not bool(torch.isfinite(loss)):  # the loss of the whole step, the same on every rank
         problem = f"the {loss_name} of {guard.model_name} is {float(loss)}"
     else:
         params = [p for p in model.parameters() if p.requires_grad]
+        distributed.all_reduce_grads(params)  # every rank's share of the step, summed
         grad_norm = clip_grad_norm(params, max_grad_norm)
         if not bool(torch.isfinite(grad_norm)):
             problem = (f"the gradient of {guard.model_name} is not finite (first at "
@@ -316,6 +331,12 @@ def training_state(cfg, model, n_items: int, run_dir: Path, resume_from: Path | 
     every optimizer step of the run, restored from `resume_from` when resuming, and the guard
     against non-finite steps. Returns (plan, optimizer, scheduler, step, guard, total_steps,
     stop_at)."""
+    world = distributed.world()
+    if cfg.grad_accum % world.world_size:
+        raise ConfigError(f"grad_accum: {cfg.grad_accum} micro-batches per step do not divide "
+                          f"over {world.world_size} processes; use a multiple of "
+                          f"{world.world_size} (the examples per step, batch_size × grad_accum, "
+                          "stay the same on any number of processes)")
     plan = StepPlan(n_items, cfg.batch_size, cfg.grad_accum, cfg.seed)
     total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -325,6 +346,20 @@ def training_state(cfg, model, n_items: int, run_dir: Path, resume_from: Path | 
     guard = BadSteps(run_dir, what, cfg.log.max_bad_steps, cfg.optim.lr, state["bad_in_a_row"])
     stop_at = min(total_steps, cfg.stop_after or total_steps)
     return plan, optimizer, scheduler, state["step"], guard, total_steps, stop_at
+
+
+def prepare_model(model, cfg, device) -> None:
+    """Dropout as asked, gradient checkpointing, the device, train mode; every process
+    starts from rank 0's weights and then draws its own dropout masks."""
+    if not cfg.dropout:
+        disable_dropout(model)
+    if cfg.compute.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model.to(device).train()
+    world = distributed.world()
+    if world.distributed:
+        distributed.broadcast_parameters(model)
+        seed_everything(cfg.seed + world.rank)
 
 
 def to_device(batch: dict, device) -> dict:
@@ -353,23 +388,26 @@ def target_count(items) -> int:
     return sum(sum(item.loss_mask[1:]) for item in items)
 
 
-def sft_step(model, items, micro_batches: list[list[int]], pad_id: int,
-             device) -> tuple[torch.Tensor, int]:
+def sft_step(model, items, micro_batches: list[list[int]], local: list[list[int]], pad_id: int,
+             device, bf16: bool = False) -> tuple[torch.Tensor, int]:
     """Backward of one optimizer step's loss, the token mean over all its micro-batches.
 
     Each micro-batch's summed NLL is divided by the token count of the whole step
     (`reduce_loss` with a global normalizer), so the accumulated gradient is that of one
-    big batch, however the step is cut. Returns (the step's loss, its token count).
+    big batch, however the step is cut — over micro-batches and over processes (this one
+    runs `local`, its share of `micro_batches`). Returns (the step's loss, summed over
+    processes, and its token count).
     """
     normalizer = max(target_count(items[i] for rows in micro_batches for i in rows), 1)
-    total = torch.zeros(())
-    for rows in micro_batches:
+    total = 0.0
+    for rows in local:
         batch = to_device(collate_sft([items[i] for i in rows], pad_id), device)
-        logprobs, mask = completion_logprobs(model, batch)
+        with autocast(bf16, device):
+            logprobs, mask = completion_logprobs(model, batch)
         loss = reduce_loss(-logprobs, mask, "token_mean", normalizer)
         loss.backward()
-        total += loss.detach().float().cpu()
-    return total, normalizer
+        total += float(loss.detach())
+    return torch.tensor(distributed.all_reduce_sum([total])[0]), normalizer
 
 
 @torch.no_grad()
@@ -378,12 +416,15 @@ def evaluate_sft(model, items, batch_size: int, pad_id: int, device) -> dict[str
     perplexity = exp(loss). Run in eval mode (no dropout)."""
     was_training = model.training
     model.eval()
+    world = distributed.world()
+    items = items[world.rank::world.world_size]  # each process scores its share
     nll, count = 0.0, 0
     for start in range(0, len(items), batch_size):
         batch = to_device(collate_sft(items[start:start + batch_size], pad_id), device)
         logprobs, mask = completion_logprobs(model, batch)
         nll += float(masked_sum(-logprobs, mask))
         count += int(mask.sum())
+    nll, count = distributed.all_reduce_sum([nll, count])
     model.train(was_training)
     loss = nll / max(count, 1)
     return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 700.0))}
@@ -407,7 +448,8 @@ def train(cfg: SFTConfig) -> SFTRun:
     """Run (or resume) SFT; returns the finished run. See the module docstring."""
     started = time.perf_counter()
     setup_logging()  # console only, until the run folder exists
-    device = pick_device(cfg.device)
+    world, device = start_world(cfg)
+    bf16 = use_bf16(cfg.compute, device)
 
     # 1. data: one tokenization (rlhfkit.data), prompt tokens masked out of the loss, at
     #    most the model's context
@@ -430,9 +472,7 @@ def train(cfg: SFTConfig) -> SFTRun:
     source = resume_from / "model" if resume_from else cfg.model
     model = load_causal_lm(source, tokenizer, dtype=cfg.dtype,
                            trust_remote_code=cfg.trust_remote_code)
-    if not cfg.dropout:
-        disable_dropout(model)
-    model.to(device).train()
+    prepare_model(model, cfg, device)
 
     # 4. optimizer and schedule over every optimizer step of the run
     plan, optimizer, scheduler, step, guard, total_steps, stop_at = training_state(
@@ -445,8 +485,8 @@ def train(cfg: SFTConfig) -> SFTRun:
 
     first_eval = last_eval = None
     train_loss = None
-    with MetricsLogger(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
-                       config=cfg) as logger:
+    with MetricsLogger(run_dir, rank0=world.is_main, tensorboard=cfg.log.tensorboard,
+                       wandb=cfg.log.wandb, config=cfg) as logger:
         if step == 0 and eval_items:
             with out_of_memory_hint("evaluating the SFT model", memory):
                 first_eval = last_eval = evaluate_sft(model, eval_items, cfg.batch_size, pad_id,
@@ -456,14 +496,16 @@ def train(cfg: SFTConfig) -> SFTRun:
                      first_eval["eval/perplexity"])
         from tqdm.auto import tqdm
         # closed even when the run stops with an error, so the error is the last line
-        with tqdm(total=total_steps, initial=step, desc="sft", unit="step", disable=None) as bar:
+        with tqdm(total=total_steps, initial=step, desc="sft", unit="step",
+                  disable=None if world.is_main else True) as bar:
             while step < stop_at:
                 # 5. one optimizer step
                 t0 = time.perf_counter()
                 lr = scheduler.get_last_lr()[0]
                 with out_of_memory_hint("training the SFT model", memory):
-                    loss, n_tokens = sft_step(model, train_items, plan.micro_batches(step), pad_id,
-                                              device)
+                    loss, n_tokens = sft_step(model, train_items, plan.micro_batches(step),
+                                              plan.local_micro_batches(step, world), pad_id,
+                                              device, bf16)
                 grad_norm = guarded_step(model, optimizer, scheduler, cfg.optim.max_grad_norm, loss,
                                          "loss (completion cross-entropy)", guard, step)
                 step += 1
