@@ -318,3 +318,59 @@ def test_prompt_order_visits_every_prompt_once_per_epoch_and_is_a_function_of_th
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
     assert seen[:10] != seen[10:20]  # a new order each epoch
     assert prompt_indices(3, 10, 4, seed=3) == seen[12:16]
+
+
+# ---------------------------------------------------------------------------- LoRA
+
+@pytest.fixture(scope="module")
+def sft_policy(files, tiny_gpt2_dir, tmp_path_factory):
+    """The tiny GPT-2 after a short SFT on the corpus: LoRA adapts a trained model (on a
+    random one the frozen output layer leaves the adapters little to steer)."""
+    from rlhfkit.recipes.sft import SFTConfig
+    from rlhfkit.recipes.sft import train as sft_train
+    out = tmp_path_factory.mktemp("lora_sft")
+    with open(out / "demos.jsonl", "w") as f:
+        for line in Path(files / "prompts.jsonl").read_text().splitlines():
+            prompt = json.loads(line)["prompt"]
+            f.write(json.dumps({"prompt": prompt, "completion": " and the rest of it."}) + "\n")
+    cfg = load_config(SFTConfig, None, [f"model={tiny_gpt2_dir}", f"data={out / 'demos.jsonl'}",
+                                        f"out={out / 'run'}", "max_steps=60", "batch_size=16",
+                                        "optim.lr=3e-3", "device=cpu", "eval_fraction=0"])
+    return sft_train(cfg).run_dir / "model"
+
+
+def test_lora_ppo_raises_the_reward_and_saves_a_plain_merged_policy(files, tmp_path, sft_policy):
+    from transformers import AutoModelForCausalLM
+    p = train(config(files, tmp_path / "lora", "lora.r=8", "optim.lr=1e-2",
+                     "batch.num_updates=16", policy=sft_policy))
+    assert p.ref is None  # the reference is the policy's own base, adapters off
+    base = AutoModelForCausalLM.from_pretrained(sft_policy).state_dict()
+    frozen = {k.replace("base_model.model.", "").replace("base_layer.", ""): v
+              for k, v in p.lm.state_dict().items() if "lora_" not in k}
+    for key, value in base.items():  # the base weights never moved
+        assert torch.equal(frozen[key], value), key
+    rows = read_metrics(tmp_path / "lora")
+    start, end = mean_score(rows, slice(0, 3)), mean_score(rows, slice(-3, None))
+    assert end > start + 0.5, (start, end)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora/policy")  # no peft needed
+    assert not any("lora" in k for k in merged.state_dict())
+    assert (tmp_path / "lora/checkpoints/step-000016/policy/adapter_model.safetensors").is_file()
+
+
+def test_lora_resume_after_a_crash_equals_a_run_that_never_stopped(files, tmp_path, sft_policy,
+                                                                   tiny_gpt2_dir, monkeypatch):
+    common = ["lora.r=4", "lora.save=adapter", "batch.num_updates=4", "log.save_every=2",
+              "batch.prompts_per_update=16", "batch.micro_batch_size=8", "value.kind=critic",
+              f"value.model={tiny_gpt2_dir}"]
+    whole = train(config(files, tmp_path / "whole", *common, policy=sft_policy))
+    monkeypatch.setenv("RLHFKIT_TEST_CRASH_AT", "3")  # dies inside update 3
+    with pytest.raises(RlhfkitError, match="killed for the test"):
+        train(config(files, tmp_path / "cut", *common, policy=sft_policy))
+    monkeypatch.delenv("RLHFKIT_TEST_CRASH_AT")
+    resumed = train(config(files, tmp_path / "cut", *common, "resume=true", policy=sft_policy))
+    for model in ("policy", "critic"):
+        a, b = getattr(whole, model).state_dict(), getattr(resumed, model).state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (model, key)
+    assert (tmp_path / "cut/policy/adapter_config.json").is_file()  # saved as the adapter

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from rlhfkit import distributed
 from rlhfkit.checkpoint import (latest_checkpoint, load_trainer_state, save_checkpoint,
@@ -60,6 +61,10 @@ from rlhfkit.generation import Sampling, sample_responses
 from rlhfkit.metrics import MetricsLogger, console_table
 from rlhfkit.models import (PolicyWithValueHead, ValueModel, disable_dropout, load_causal_lm,
                             load_tokenizer)
+from rlhfkit.models.loading import resolve_path
+from rlhfkit.models.lora import (add_lora, adapters_disabled, is_lora, load_lora_adapter,
+                                 save_lora_model)
+from rlhfkit.models.value import VALUE_HEAD_FILE
 from rlhfkit.recipes.common import (autocast, clip_grad_norm, describe_config,
                                     enable_gradient_checkpointing, make_optimizer,
                                     make_scheduler, model_context, nonfinite_grad,
@@ -80,7 +85,7 @@ class Parts:
     device: torch.device
     tokenizer: object
     policy: torch.nn.Module                 # causal LM, or PolicyWithValueHead
-    ref: torch.nn.Module                    # frozen
+    ref: torch.nn.Module | None             # frozen; None: the LoRA policy, adapters off
     critic: ValueModel | None
     scorer: WeightedSum
     gold: FunctionScorer | None             # logged as gold/mean, never trained on
@@ -100,6 +105,14 @@ class Parts:
     def lm(self) -> torch.nn.Module:
         """The causal LM that samples (the policy without its value head)."""
         return self.policy.lm if isinstance(self.policy, PolicyWithValueHead) else self.policy
+
+    def ref_forward(self, chunk: dict, temperature: float) -> torch.Tensor:
+        """log π_ref of a chunk's response tokens: the reference model, or the LoRA
+        policy's base with its adapters switched off (no second copy of the weights)."""
+        if self.ref is not None:
+            return score_tokens(self.ref, chunk, temperature)[0]
+        with adapters_disabled(self.lm):
+            return score_tokens(self.lm, chunk, temperature)[0]
 
     def autocast(self):
         return autocast(self.bf16, self.device)
@@ -133,27 +146,48 @@ def build_scorer(cfg: PPOConfig, tokenizer, device) -> WeightedSum:
     return WeightedSum(list(zip(weights, sources)))
 
 
-def build_models(cfg: PPOConfig, tokenizer, device, policy_dir: str, value_dir: str | None):
-    """Policy (trainable, from `policy_dir`), reference (frozen) and critic (from `value_dir`)."""
+def build_models(cfg: PPOConfig, tokenizer, device, resume_from: Path | None):
+    """Policy (trainable), reference (frozen; None with LoRA: the policy's own base, adapters
+    off) and critic, from the configured folders or the checkpoint `resume_from`."""
     load = dict(dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    lora = cfg.lora.enabled
+    saved = resume_from / "policy" if resume_from else None
+    lm = load_causal_lm(cfg.policy if lora or saved is None else saved, tokenizer, **load)
+    if lora:  # the base stays frozen; only adapters train (a checkpoint holds the adapter)
+        lm = load_lora_adapter(lm, saved) if saved else add_lora(lm, cfg.lora, "causal_lm")
+    policy = lm
     if cfg.uses_value and cfg.value.kind == "head":
-        policy = PolicyWithValueHead.from_pretrained(policy_dir, tokenizer, **load)
-    else:
-        policy = load_causal_lm(policy_dir, tokenizer, **load)
-    disable_dropout(policy)
+        policy = PolicyWithValueHead(lm)
+        head_file = Path(saved or resolve_path(cfg.policy)) / VALUE_HEAD_FILE
+        if head_file.is_file():
+            policy.value_head.load_state_dict(load_file(str(head_file)))
+    disable_dropout(policy)  # after add_lora: its dropout layers too
     policy.to(device).eval()
-    ref = frozen(load_causal_lm(cfg.ref or cfg.policy, tokenizer, **load), device)
+    ref = None
+    if not lora or (cfg.ref and cfg.ref != cfg.policy):
+        ref = frozen(load_causal_lm(cfg.ref or cfg.policy, tokenizer, **load), device)
     critic = None
     if cfg.uses_value and cfg.value.kind == "critic":
-        source = value_dir or cfg.value.model or cfg.reward.model
-        if not same_tokenizer(load_tokenizer(source, cfg.trust_remote_code), tokenizer):
-            raise RlhfkitError(f"value.model: the critic '{source}' uses another tokenizer than "
-                               "the policy; give a critic with the policy's tokenizer "
-                               "(value.model=...) or use value.kind=head")
-        critic = ValueModel.from_pretrained(source, tokenizer, **load)
-        disable_dropout(critic)
+        critic = build_critic(cfg, tokenizer, resume_from)
         critic.to(device).eval()
     return policy, ref, critic
+
+
+def build_critic(cfg: PPOConfig, tokenizer, resume_from: Path | None) -> ValueModel:
+    """The separate critic (value.model, default the reward model), LoRA when the policy is."""
+    source = cfg.value.model or cfg.reward.model
+    if not same_tokenizer(load_tokenizer(source, cfg.trust_remote_code), tokenizer):
+        raise RlhfkitError(f"value.model: the critic '{source}' uses another tokenizer than "
+                           "the policy; give a critic with the policy's tokenizer "
+                           "(value.model=...) or use value.kind=head")
+    saved = resume_from / "value" if resume_from else None
+    load = dict(dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    critic = ValueModel.from_pretrained(source if cfg.lora.enabled or saved is None else saved,
+                                        tokenizer, **load)
+    if cfg.lora.enabled:
+        critic.model = (load_lora_adapter(critic.model, saved) if saved
+                        else add_lora(critic.model, cfg.lora, "seq_cls"))
+    return disable_dropout(critic)
 
 
 def load_data(cfg: PPOConfig, tokenizer) -> tuple[list[str], list[list[int]]]:
@@ -182,22 +216,21 @@ def build(cfg: PPOConfig, device, resume_from: Path | None, data=None) -> Parts:
     seed_everything(cfg.seed)  # the same on every rank: a fresh value head starts alike
     tokenizer = data[0] if data else load_tokenizer(cfg.policy, cfg.trust_remote_code)
     texts, tokens = data[1:] if data else load_data(cfg, tokenizer)
-    policy_dir = str(resume_from / "policy") if resume_from else cfg.policy
-    value_dir = str(resume_from / "value") if resume_from and cfg.uses_value and cfg.value.kind == "critic" else None
-    policy, ref, critic = build_models(cfg, tokenizer, device, policy_dir, value_dir)
+    policy, ref, critic = build_models(cfg, tokenizer, device, resume_from)
     for model in (policy, critic):
         if model is not None:
             distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
             if cfg.compute.gradient_checkpointing:
                 enable_gradient_checkpointing(model)
     value_lr = cfg.value.lr or cfg.optim.lr
+    train = lambda m: [q for q in m.parameters() if q.requires_grad]  # LoRA: adapters only
     if isinstance(policy, PolicyWithValueHead):
-        groups = [{"params": list(policy.lm.parameters())},
-                  {"params": list(policy.value_head.parameters()), "lr": value_lr}]
+        groups = [{"params": train(policy.lm)},
+                  {"params": train(policy.value_head), "lr": value_lr}]
     else:
-        groups = [{"params": list(policy.parameters())}]
+        groups = [{"params": train(policy)}]
         if critic is not None:
-            groups.append({"params": list(critic.parameters()), "lr": value_lr})
+            groups.append({"params": train(critic), "lr": value_lr})
     optimizer = make_optimizer(groups, cfg.optim)
     total_steps = cfg.batch_plan()["optimizer steps in all"]
     scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
@@ -288,7 +321,7 @@ def collect_rollout(p: Parts) -> Rollout:
         for chunk_rows in chunked(len(local_idx), cfg.batch.forward_batch_size):
             chunk = {k: v[chunk_rows] for k, v in parts.items()}
             lp, val, _ = score_tokens(p.policy, chunk, s.temperature, p.critic)
-            ref_lp, _, _ = score_tokens(p.ref, chunk, s.temperature)
+            ref_lp = p.ref_forward(chunk, s.temperature)
             logprobs.append(lp), ref_logprobs.append(ref_lp), values.append(val)
     t3 = time.perf_counter()
     p.timings = {"time/generate": t1 - t0, "time/score": t2 - t1, "time/forward": t3 - t2}
@@ -536,15 +569,22 @@ def write_checkpoint(p: Parts) -> Path:
                         f"(first: {bad}), so no checkpoint was written of them")
 
     def write(folder: Path) -> None:
-        p.policy.save_pretrained(folder / "policy")
-        p.tokenizer.save_pretrained(folder / "policy")
+        save_model(p.policy, folder / "policy", p.tokenizer, "adapter")
         if p.critic is not None:
-            p.critic.save_pretrained(folder / "value")
-            p.tokenizer.save_pretrained(folder / "value")
+            save_model(p.critic, folder / "value", p.tokenizer, "adapter")
         save_trainer_state(folder, p.optimizer, p.scheduler,
                            extra={"update": p.update, "kl_ctl": p.kl_ctl.state_dict(),
                                   "bad_in_a_row": p.bad_in_a_row})
     return distributed.on_main(save_checkpoint, p.cfg.out, p.update, write, p.cfg.log.keep_last)
+
+
+def save_model(model, folder: Path, tokenizer, lora_save: str) -> None:
+    """A model and its tokenizer; a LoRA model as its adapter or merged (`lora_save`)."""
+    if is_lora(model):
+        save_lora_model(model, folder, lora_save)
+    else:
+        model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def restore(p: Parts, folder: Path) -> None:
@@ -687,8 +727,7 @@ def train(cfg: PPOConfig) -> Parts:
                     write_checkpoint(p)
 
     def write_final(folder: Path) -> None:
-        p.policy.save_pretrained(folder)
-        p.tokenizer.save_pretrained(folder)
+        save_model(p.policy, folder, p.tokenizer, cfg.lora.save)
     final = distributed.on_main(write_folder, Path(cfg.out) / "policy", write_final,
                                 "the final policy")
     log.info("policy saved to %s", final)

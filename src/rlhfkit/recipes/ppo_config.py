@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from rlhfkit.config import REQUIRED, option
 from rlhfkit.core import KL_ESTIMATORS, REDUCTIONS
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.lora import LoraConfig
 from rlhfkit.recipes.common import ComputeConfig, OptimConfig
 
 ALGOS = ("ppo", "reinforce", "rloo", "grpo")
@@ -139,6 +140,8 @@ class PPOConfig:
     optim: OptimConfig = option(OptimConfig, "optimizer")
     log: LogConfig = option(LogConfig, "logging and checkpoints")
     compute: ComputeConfig = option(ComputeConfig, "precision, memory and many processes")
+    lora: LoraConfig = option(LoraConfig, "LoRA adapters on the policy and the critic (the "
+                                          "reference is then the policy with adapters off)")
 
     def validate(self) -> None:
         if not self.reward.model and not self.reward.functions:
