@@ -290,6 +290,31 @@ def test_sft_resume_is_bit_exact(tiny_gpt2_dir, data_dir, tmp_path):
     assert metric_rows(tmp_path / "cut") == metric_rows(tmp_path / "whole")
 
 
+def test_sft_and_reward_model_with_lora_learn_resume_and_save_merged(tiny_gpt2_dir, data_dir,
+                                                                      tmp_path):
+    """LoRA in the first two stages: the adapters learn, a run stopped and resumed from its
+    adapter checkpoint ends exactly like one that never stopped, and the final model is a
+    plain folder (merged) — for the reward model with its score statistics."""
+    common = ["lora.r=8", "optim.lr=1e-2", "max_steps=30", "log.save_every=10"]
+    whole = sft.train(sft_cfg(tiny_gpt2_dir, data_dir, tmp_path / "whole", *common))
+    # a random tiny model: the frozen embeddings and head cap how far adapters can take it
+    assert whole.last_eval["eval/loss"] < 0.95 * whole.first_eval["eval/loss"]
+    sft.train(sft_cfg(tiny_gpt2_dir, data_dir, tmp_path / "cut", *common, "stop_after=10"))
+    assert (tmp_path / "cut/checkpoints/step-000010/model/adapter_config.json").is_file()
+    sft.train(sft_cfg(tiny_gpt2_dir, data_dir, tmp_path / "cut", *common, "resume=true"))
+    same_weights(tmp_path / "whole" / "model", tmp_path / "cut" / "model")
+    assert not (tmp_path / "whole/model/adapter_config.json").exists()  # merged by default
+
+    rm = reward_model.train(reward_cfg(tiny_gpt2_dir, data_dir, tmp_path / "rm", "lora.r=8",
+                                       "optim.lr=1e-2", "max_steps=40"))
+    assert rm.last_eval["eval/accuracy"] >= 0.8
+    model, _ = load_reward_model(tmp_path / "rm/model")  # plain transformers, no peft
+    assert rm.score_stats is not None
+    assert get_score_stats(model) == pytest.approx(rm.score_stats)
+    with pytest.raises(ConfigError, match="lora.save: a reward model is saved merged"):
+        reward_cfg(tiny_gpt2_dir, data_dir, tmp_path / "x", "lora.r=8", "lora.save=adapter")
+
+
 def test_resume_refuses_a_changed_config(tiny_gpt2_dir, data_dir, tmp_path):
     sft.train(sft_cfg(tiny_gpt2_dir, data_dir, tmp_path / "run", "max_steps=2"))
     with pytest.raises(ConfigError, match="optim.lr 0.005 vs 0.001"):

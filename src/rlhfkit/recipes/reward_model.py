@@ -49,15 +49,17 @@ from rlhfkit import distributed
 from rlhfkit.config import REQUIRED, option
 from rlhfkit.core import reward_model_loss
 from rlhfkit.data import collate_preferences, load_preferences, tokenize_preferences
+from rlhfkit.errors import ConfigError
 from rlhfkit.metrics import MetricsLogger
 from rlhfkit.models import (get_score_stats, init_reward_model, load_reward_model,
                             load_tokenizer, score_sequences, set_score_stats)
+from rlhfkit.models.lora import LoraConfig
 from rlhfkit.recipes.common import (ComputeConfig, OptimConfig, autocast, describe_config,
                                     fit_context, model_context, out_of_memory_hint,
                                     seed_everything, setup_logging, start_world, use_bf16)
 from rlhfkit.recipes.sft import (DTYPES, TrainLogConfig, guarded_step, load_splits, open_run,
                                  prepare_model, save_final, to_device, training_state,
-                                 write_checkpoint)
+                                 with_lora, write_checkpoint)
 
 log = logging.getLogger("rlhfkit")
 
@@ -109,6 +111,13 @@ class RewardModelConfig:
     overwrite: bool = option(False, "replace a run that already exists in `out`")
     log: TrainLogConfig = option(TrainLogConfig, "evaluation, checkpoints and metric mirrors")
     compute: ComputeConfig = option(ComputeConfig, "precision, memory and many processes")
+    lora: LoraConfig = option(LoraConfig, "train LoRA adapters (and the score head) instead of "
+                                          "every weight; the reward model is saved merged")
+
+    def validate(self) -> None:
+        if self.lora.enabled and self.lora.save != "merged":
+            raise ConfigError("lora.save: a reward model is saved merged (its score mean and "
+                              "std live in its config, which an adapter folder has not)")
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -245,10 +254,11 @@ def train(cfg: RewardModelConfig) -> RewardRun:
     # 3. model: the backbone's trunk plus a new scalar head (seeded), or the checkpoint
     seed_everything(cfg.seed)
     load = dict(dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-    if resume_from is not None:
+    if resume_from is not None and not cfg.lora.enabled:
         model, _ = load_reward_model(resume_from / "model", **load)
-    else:
+    else:  # LoRA: the adapters and the trained head come from the checkpoint
         model = init_reward_model(cfg.model, tokenizer, **load)
+    model = with_lora(model, cfg, resume_from, "seq_cls")
     prepare_model(model, cfg, device)
 
     # 4. optimizer and schedule over every optimizer step of the run

@@ -62,6 +62,8 @@ from rlhfkit.data import collate_sft, load_sft, tokenize_sft
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
 from rlhfkit.metrics import METRICS_FILE, MetricsLogger
 from rlhfkit.models import disable_dropout, load_causal_lm, load_tokenizer
+from rlhfkit.models.lora import (LoraConfig, add_lora, is_lora, load_lora_adapter,
+                                 save_lora_model)
 from rlhfkit import distributed
 from rlhfkit.recipes.common import (ComputeConfig, OptimConfig, autocast, clip_grad_norm,
                                     describe_config, enable_gradient_checkpointing, fit_context,
@@ -132,6 +134,7 @@ class SFTConfig:
     overwrite: bool = option(False, "replace a run that already exists in `out`")
     log: TrainLogConfig = option(TrainLogConfig, "evaluation, checkpoints and metric mirrors")
     compute: ComputeConfig = option(ComputeConfig, "precision, memory and many processes")
+    lora: LoraConfig = option(LoraConfig, "train LoRA adapters instead of every weight")
 
 
 # ---------------------------------------------------------------------------- shared pieces
@@ -252,11 +255,15 @@ def restore(run_dir: Path, folder: Path | None, optimizer, scheduler) -> dict:
     return state
 
 
-def save_final(model, tokenizer, folder: Path) -> Path:
+def save_final(model, tokenizer, folder: Path, lora_save: str = "merged") -> Path:
     """Save model and tokenizer to `folder`, replacing it whole (written beside, then
-    renamed, so a kill never leaves half a model under the final name)."""
+    renamed, so a kill never leaves half a model under the final name). A LoRA model is
+    saved merged (a plain Hugging Face folder) or as its adapter (`lora_save`)."""
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        if is_lora(model):
+            save_lora_model(model, tmp, lora_save)
+        else:
+            model.save_pretrained(tmp)  # (checkpoints of a LoRA model hold the adapter)
         tokenizer.save_pretrained(tmp)
     checkpoints = list_checkpoints(folder.parent, verify=False)
     return distributed.on_main(write_folder, folder, write, "the final model",
@@ -346,6 +353,15 @@ def training_state(cfg, model, n_items: int, run_dir: Path, resume_from: Path | 
     guard = BadSteps(run_dir, what, cfg.log.max_bad_steps, cfg.optim.lr, state["bad_in_a_row"])
     stop_at = min(total_steps, cfg.stop_after or total_steps)
     return plan, optimizer, scheduler, state["step"], guard, total_steps, stop_at
+
+
+def with_lora(model, cfg, resume_from: Path | None, task: str):
+    """The model itself, or with LoRA adapters: new ones, or those of the checkpoint."""
+    if not cfg.lora.enabled:
+        return model
+    if resume_from is not None:
+        return load_lora_adapter(model, resume_from / "model")
+    return add_lora(model, cfg.lora, task)
 
 
 def prepare_model(model, cfg, device) -> None:
@@ -469,9 +485,10 @@ def train(cfg: SFTConfig) -> SFTRun:
 
     # 3. model
     seed_everything(cfg.seed)
-    source = resume_from / "model" if resume_from else cfg.model
+    source = resume_from / "model" if resume_from and not cfg.lora.enabled else cfg.model
     model = load_causal_lm(source, tokenizer, dtype=cfg.dtype,
                            trust_remote_code=cfg.trust_remote_code)
+    model = with_lora(model, cfg, resume_from, "causal_lm")
     prepare_model(model, cfg, device)
 
     # 4. optimizer and schedule over every optimizer step of the run
@@ -538,7 +555,7 @@ def train(cfg: SFTConfig) -> SFTRun:
         return SFTRun(run_dir, model, tokenizer, step, first_eval, last_eval, train_loss)
 
     # 8. the final model, in plain Hugging Face format
-    final = save_final(model, tokenizer, run_dir / "model")
+    final = save_final(model, tokenizer, run_dir / "model", cfg.lora.save)
     summary = f"sft: {step} steps in {time.perf_counter() - started:.1f}s"
     if train_loss is not None:
         summary += f", train loss {train_loss:.4f}"
