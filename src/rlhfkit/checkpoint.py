@@ -301,11 +301,13 @@ def load_rng_state(path: Path, generators: dict[str, torch.Generator] | None = N
 # ---------------------------------------------------------------------------- trainer state
 
 def save_trainer_state(folder: Path, optimizer, scheduler=None, extra: dict | None = None,
-                       generators: dict[str, torch.Generator] | None = None) -> None:
-    """Optimizer, scheduler, RNG states and a JSON file of plain values (step, KL
+                       generators: dict[str, torch.Generator] | None = None,
+                       optimizer_state: dict | None = None) -> None:
+    """Optimizer (its `state_dict()`, or `optimizer_state` when given: the gathered state of
+    a sharded optimizer), scheduler, RNG states and a JSON file of plain values (step, KL
     coefficient, data position...)."""
     _test_pause("weights")  # the models are written by now, the trainer state is not
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    torch.save(optimizer_state or optimizer.state_dict(), folder / "optimizer.pt")
     if scheduler is not None:
         torch.save(scheduler.state_dict(), folder / "scheduler.pt")
     save_rng_state(folder / "rng.pt", generators)
@@ -313,8 +315,11 @@ def save_trainer_state(folder: Path, optimizer, scheduler=None, extra: dict | No
 
 
 def load_trainer_state(folder: Path, optimizer, scheduler=None,
-                       generators: dict[str, torch.Generator] | None = None) -> dict:
-    optimizer.load_state_dict(load_tensors(folder / "optimizer.pt"))
+                       generators: dict[str, torch.Generator] | None = None,
+                       load_optimizer=None) -> dict:
+    """The inverse of `save_trainer_state`; `load_optimizer(state)` loads the optimizer
+    state instead of `optimizer.load_state_dict` (a sharded optimizer)."""
+    (load_optimizer or optimizer.load_state_dict)(load_tensors(folder / "optimizer.pt"))
     if scheduler is not None:
         scheduler.load_state_dict(load_tensors(folder / "scheduler.pt"))
     load_rng_state(folder / "rng.pt", generators)

@@ -143,10 +143,15 @@ def all_gather_objects(obj) -> list:
 def all_reduce_grads(parameters) -> None:
     """Sum the gradients of `parameters` over ranks, in one flat buffer per dtype and device
     (one collective instead of one per tensor). A parameter without a gradient on this rank
-    (it took no rows) counts as zeros, so every rank makes the same collective calls."""
-    if not world().distributed:
+    (it took no rows) counts as zeros, so every rank makes the same collective calls.
+    Sharded (FSDP) parameters were reduced by FSDP already, as a mean: made a sum here."""
+    w, parameters = world(), list(parameters)
+    if not w.distributed:
         return
-    params = [p for p in parameters if p.requires_grad]
+    params = [p for p in parameters if p.requires_grad and not is_sharded(p)]
+    for p in parameters:
+        if is_sharded(p) and p.grad is not None:
+            p.grad.mul_(w.world_size)
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -220,3 +225,59 @@ def all_ranks_agree(flag: bool) -> bool:
 def parameters_checksum(module: torch.nn.Module) -> float:
     """Σ|θ| over the module's parameters: equal on every rank when they are in sync."""
     return float(sum(p.detach().double().abs().sum() for p in module.parameters()))
+
+
+# ---------------------------------------------------------------------------- FSDP2
+
+def shard_model(model: torch.nn.Module, root: torch.nn.Module | None = None) -> None:
+    """FSDP2 (`fully_shard`), in place, on a transformers model: each transformer block (the
+    classes transformers lists in `_no_split_modules`) is one unit, and `root` (default the
+    model; the trunk for a model run through its trunk, like a critic) holds the rest. Each
+    rank then keeps 1/W of those parameters, gradients and optimizer state; a forward pass
+    gathers one block at a time. Heads outside `root` (a critic's score head, the value
+    head) stay whole on every rank and are all-reduced like data-parallel parameters."""
+    from torch.distributed.fsdp import fully_shard
+    blocks = set(getattr(model, "_no_split_modules", None) or [])
+    if not blocks:
+        raise ConfigError(f"compute.fsdp: {type(model).__name__} does not name its "
+                          "transformer blocks (_no_split_modules), so rlhfkit cannot shard it")
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(root if root is not None else model)
+
+
+def is_sharded(tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+    return isinstance(tensor, DTensor)
+
+
+def full_state_dict(model: torch.nn.Module | None) -> dict | None:
+    """The whole state dict of a sharded model, on the CPU of rank 0 (None elsewhere, and
+    None for a model that is not sharded: it saves itself). Every rank must call it."""
+    if model is None or not any(is_sharded(p) for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    return state if world().is_main else None
+
+
+def full_optimizer_state(modules: torch.nn.Module, optimizer) -> dict | None:
+    """The optimizer state keyed by parameter name — gathered whole on rank 0 when sharded,
+    None on the other ranks — so a checkpoint resumes on any number of processes, sharded
+    or not. Every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                         get_optimizer_state_dict)
+    gather = world().distributed
+    state = get_optimizer_state_dict(modules, optimizer, options=StateDictOptions(
+        full_state_dict=gather, cpu_offload=gather))
+    return state if world().is_main else None
+
+
+def load_full_optimizer_state(modules: torch.nn.Module, optimizer, state: dict) -> None:
+    """Load a state saved by `full_optimizer_state` into the (sharded or whole) optimizer."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                         set_optimizer_state_dict)
+    set_optimizer_state_dict(modules, optimizer, state,
+                             options=StateDictOptions(full_state_dict=world().distributed))

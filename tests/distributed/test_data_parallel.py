@@ -106,10 +106,12 @@ PPO_LOSSES = ("loss/policy", "loss/value", "loss/kl", "score/mean", "kl/mean", "
               "advantages/std", "value/explained_variance")
 
 
-@pytest.mark.parametrize("algo", ["ppo", "grpo"])
-def test_two_processes_train_like_one(files, tiny_gpt2_dir, tmp_path, algo):
+@pytest.mark.parametrize("algo,fsdp", [("ppo", False), ("grpo", False), ("ppo", True)])
+def test_two_processes_train_like_one(files, tiny_gpt2_dir, tmp_path, algo, fsdp):
+    """Data parallel, and FSDP (parameters, gradients and optimizer state sharded)."""
     extra = ([f"value.model={tiny_gpt2_dir}"] if algo == "ppo"
              else ["algo=grpo", "batch.prompts_per_update=4", "batch.samples_per_prompt=2"])
+    extra += ["compute.fsdp=true"] if fsdp else []
     run(["ppo", *ppo_args(files, tiny_gpt2_dir, tmp_path / "one", "batch.micro_batch_size=2",
                           *extra)])
     run(["ppo", *ppo_args(files, tiny_gpt2_dir, tmp_path / "two", "batch.micro_batch_size=1",
@@ -139,16 +141,18 @@ def test_sft_and_reward_model_on_two_processes_train_like_one(files, tiny_gpt2_d
                             tmp_path / f"{recipe}-two/model/model.safetensors")
 
 
-def test_a_two_process_checkpoint_resumes_in_one_process(files, tiny_gpt2_dir, tmp_path):
+@pytest.mark.parametrize("sharding", ["compute.fsdp=false", "compute.fsdp=true"])
+def test_a_two_process_checkpoint_resumes_in_one_process(files, tiny_gpt2_dir, tmp_path,
+                                                         sharding):
     args = ppo_args(files, tiny_gpt2_dir, tmp_path / "run", "value.kind=head",
-                    "batch.micro_batch_size=1", "batch.num_updates=4")
+                    "batch.micro_batch_size=1", "batch.num_updates=4", sharding)
     # both ranks die in the reward function of update 3, after the checkpoint of update 2
     died = run(["ppo", *args], processes=2, env={"RLHFKIT_TEST_CRASH_AT": "3"}, check=False)
     assert died.returncode != 0 and "killed for the test" in died.stderr
     assert latest_checkpoint(tmp_path / "run").name == "step-000002"
     run(["ppo", *args, "resume=true"])  # one process: 4 micro-batches of 1 per mini-batch
     run(["ppo", *ppo_args(files, tiny_gpt2_dir, tmp_path / "whole", "value.kind=head",
-                          "batch.micro_batch_size=4", "batch.num_updates=4")])
+                          "batch.micro_batch_size=4", "batch.num_updates=4", sharding)])
     assert_same_values(metrics(tmp_path / "run"), metrics(tmp_path / "whole"), PPO_LOSSES)
     assert_same_weights(tmp_path / "run/policy/model.safetensors",
                         tmp_path / "whole/policy/model.safetensors")

@@ -42,6 +42,9 @@ class ComputeConfig:
                                     "fp32 on CPU", choices=("auto", "fp32", "bf16"))
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass "
                                                  "(less memory, ~30% more time)")
+    fsdp: bool = option(False, "shard parameters, gradients and optimizer state over the "
+                               "processes (FSDP2), for models that do not fit one device "
+                               "(rl stage; not with LoRA)")
     timeout: float = option(600.0, "seconds a process waits for the others (rendezvous, "
                                    "collectives) before it fails instead of hanging", gt=0)
 
@@ -216,12 +219,15 @@ def clip_grad_norm(parameters, max_norm: float | None) -> torch.Tensor:
     if not grads:
         return torch.zeros(())
     device = grads[0].device
-    total = torch.linalg.vector_norm(torch.stack(
-        [torch.linalg.vector_norm(g.detach(), 2.0).to(device) for g in grads]), 2.0)
+
+    def norm(g):  # a sharded (FSDP) gradient's norm is reduced over its shards
+        n = torch.linalg.vector_norm(g.detach(), 2.0)
+        return (n.full_tensor() if distributed.is_sharded(n) else n).to(device)
+    total = torch.linalg.vector_norm(torch.stack([norm(g) for g in grads]), 2.0)
     if max_norm is not None and bool(torch.isfinite(total)):
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
         for g in grads:
-            g.detach().mul_(coef.to(g.device))
+            g.detach().mul_(float(coef) if distributed.is_sharded(g) else coef.to(g.device))
     return total
 
 

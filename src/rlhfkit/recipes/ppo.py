@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from rlhfkit import distributed
 from rlhfkit.checkpoint import (latest_checkpoint, load_trainer_state, save_checkpoint,
@@ -62,6 +62,7 @@ from rlhfkit.metrics import MetricsLogger, console_table
 from rlhfkit.models import (PolicyWithValueHead, ValueModel, disable_dropout, load_causal_lm,
                             load_tokenizer)
 from rlhfkit.models.loading import resolve_path
+from rlhfkit.models.trunk import trunk
 from rlhfkit.models.lora import (add_lora, adapters_disabled, is_lora, load_lora_adapter,
                                  save_lora_model)
 from rlhfkit.models.value import VALUE_HEAD_FILE
@@ -116,6 +117,19 @@ class Parts:
 
     def autocast(self):
         return autocast(self.bf16, self.device)
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP: the policy (and critic, reference) are sharded over the processes."""
+        return self.cfg.compute.fsdp and self.world.distributed
+
+    @property
+    def trained_modules(self) -> torch.nn.Module:
+        """The models the optimizer updates, under one root (for gathered optimizer state)."""
+        modules = {"policy": self.policy}
+        if self.critic is not None:
+            modules["critic"] = self.critic
+        return torch.nn.ModuleDict(modules)
 
 
 SAMPLING, SHUFFLE = 0, 1
@@ -190,6 +204,16 @@ def build_critic(cfg: PPOConfig, tokenizer, resume_from: Path | None) -> ValueMo
     return disable_dropout(critic)
 
 
+def shard_models(policy, ref, critic) -> None:
+    """FSDP: the policy's LM and the reference are called whole (tied embeddings stay in
+    one unit); the critic through its trunk, so the trunk is its root unit."""
+    distributed.shard_model(policy.lm if isinstance(policy, PolicyWithValueHead) else policy)
+    if ref is not None:
+        distributed.shard_model(ref)
+    if critic is not None:
+        distributed.shard_model(critic.model, root=trunk(critic.model))
+
+
 def load_data(cfg: PPOConfig, tokenizer) -> tuple[list[str], list[list[int]]]:
     """Prompt texts and token ids. A prompt plus its response must fit the policy's context
     (learned position embeddings have no row past it): longer prompts lose their start."""
@@ -222,6 +246,8 @@ def build(cfg: PPOConfig, device, resume_from: Path | None, data=None) -> Parts:
             distributed.broadcast_parameters(model)  # every rank starts from rank 0's weights
             if cfg.compute.gradient_checkpointing:
                 enable_gradient_checkpointing(model)
+    if cfg.compute.fsdp and distributed.world().distributed:
+        shard_models(policy, ref, critic)  # before the optimizer: it holds the shards
     value_lr = cfg.value.lr or cfg.optim.lr
     train = lambda m: [q for q in m.parameters() if q.requires_grad]  # LoRA: adapters only
     if isinstance(policy, PolicyWithValueHead):
@@ -299,7 +325,8 @@ def collect_rollout(p: Parts) -> Rollout:
             p.lm, prompt_ids, prompt_mask,
             Sampling(s.max_new_tokens, s.temperature, s.top_k, s.top_p),
             eos, p.tokenizer.pad_token_id, update_generator(cfg.seed, p.update, SAMPLING, dev),
-            row_offset=rows.start, total_rows=len(idx))
+            row_offset=rows.start, total_rows=len(idx),
+            agree=distributed.all_ranks_agree if p.sharded else None)
     t1 = time.perf_counter()
     texts = [p.prompt_texts[i] for i in local_idx]
     responses = decode_responses(p.tokenizer, response_ids, response_mask, has_eos)
@@ -421,8 +448,9 @@ def optimizer_step(p: Parts, rows: torch.Tensor, rollout: Rollout, kl_coef: floa
                                 "the mini-batch stays the same through gradient accumulation)"):
             loss, stats = micro_batch_loss(p, select(rollout, micro), normalizer, kl_coef)
             if not torch.isfinite(loss):
-                problem = nonfinite_terms(p, stats)
-                break
+                problem = problem or nonfinite_terms(p, stats)
+            # backward even then (the step is skipped): sharded models need every rank's
+            # passes, and the gradients are thrown away
             loss.backward()
         # loss terms already carry the mini-batch normaliser and add up over micro-batches
         # (and ranks); the other statistics are micro-batch means, weighted by their share
@@ -561,34 +589,69 @@ def save_samples(p: Parts, r: Rollout) -> None:
 
 def write_checkpoint(p: Parts) -> Path:
     # Weights that are no longer finite are never checkpointed: the newest checkpoint must
-    # stay the last good one.
+    # stay the last good one. (Each rank checks its shard; all stop if one finds a bad one.)
     for name, model in (("policy", p.policy), ("critic", p.critic)):
         bad = nonfinite_parameter(model) if model is not None else None
-        if bad is not None:
+        if not distributed.all_ranks_agree(bad is None):
             stop_run(p, f"the weights of the {name} are not finite after update {p.update} "
-                        f"(first: {bad}), so no checkpoint was written of them")
+                        f"(first: {bad or 'on another process'}), so no checkpoint was "
+                        "written of them")
+    # sharded (FSDP) models and optimizer state are gathered on rank 0 first, by all ranks
+    policy_state, critic_state = map(distributed.full_state_dict, (p.policy, p.critic))
+    optimizer_state = distributed.full_optimizer_state(p.trained_modules, p.optimizer)
 
     def write(folder: Path) -> None:
-        save_model(p.policy, folder / "policy", p.tokenizer, "adapter")
+        save_model(p.policy, folder / "policy", p.tokenizer, "adapter", policy_state)
         if p.critic is not None:
-            save_model(p.critic, folder / "value", p.tokenizer, "adapter")
+            save_model(p.critic, folder / "value", p.tokenizer, "adapter", critic_state)
         save_trainer_state(folder, p.optimizer, p.scheduler,
                            extra={"update": p.update, "kl_ctl": p.kl_ctl.state_dict(),
-                                  "bad_in_a_row": p.bad_in_a_row})
+                                  "bad_in_a_row": p.bad_in_a_row},
+                           optimizer_state=optimizer_state)
     return distributed.on_main(save_checkpoint, p.cfg.out, p.update, write, p.cfg.log.keep_last)
 
 
-def save_model(model, folder: Path, tokenizer, lora_save: str) -> None:
-    """A model and its tokenizer; a LoRA model as its adapter or merged (`lora_save`)."""
+def save_model(model, folder: Path, tokenizer, lora_save: str, state: dict | None = None) -> None:
+    """A model and its tokenizer; a LoRA model as its adapter or merged (`lora_save`); a
+    sharded model from its gathered `state` (`distributed.full_state_dict`)."""
     if is_lora(model):
         save_lora_model(model, folder, lora_save)
+    elif state is not None:
+        save_gathered(model, folder, state)
     else:
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
+def save_gathered(model, folder: Path, state: dict) -> None:
+    """Save a sharded rlhfkit model from its gathered state dict, in the folder layout its
+    own `save_pretrained` writes (transformers' files, plus the value head)."""
+    part = lambda prefix: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if isinstance(model, PolicyWithValueHead):
+        save_hf(model.lm, folder, part("lm."))
+        save_file({k: v.contiguous() for k, v in part("value_head.").items()},
+                  str(folder / VALUE_HEAD_FILE))
+    elif isinstance(model, ValueModel):
+        save_hf(model.model, folder, part("model."))
+    else:
+        save_hf(model, folder, state)
+
+
+def save_hf(model, folder: Path, state: dict) -> None:
+    """`save_pretrained` from a gathered state: the gathered copies of tied weights (GPT-2's
+    output layer is its input embedding) are separate tensors, so keep only the first name."""
+    first = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        first.setdefault(id(param), name)
+    tied = {name for name, param in model.named_parameters(remove_duplicate=False)
+            if first[id(param)] != name}
+    model.save_pretrained(folder, state_dict={k: v for k, v in state.items() if k not in tied})
+
+
 def restore(p: Parts, folder: Path) -> None:
-    state = load_trainer_state(folder, p.optimizer, p.scheduler)
+    load = lambda state: distributed.load_full_optimizer_state(p.trained_modules,
+                                                               p.optimizer, state)
+    state = load_trainer_state(folder, p.optimizer, p.scheduler, load_optimizer=load)
     p.update, p.bad_in_a_row = state["update"], state["bad_in_a_row"]
     p.kl_ctl.load_state_dict(state["kl_ctl"])
     distributed.on_main(drop_lines_after, p.cfg.out, p.update)
@@ -726,8 +789,10 @@ def train(cfg: PPOConfig) -> Parts:
                 if p.update % cfg.log.save_every == 0 or p.update == cfg.batch.num_updates:
                     write_checkpoint(p)
 
+    policy_state = distributed.full_state_dict(p.policy)  # all ranks, when sharded
+
     def write_final(folder: Path) -> None:
-        save_model(p.policy, folder, p.tokenizer, cfg.lora.save)
+        save_model(p.policy, folder, p.tokenizer, cfg.lora.save, policy_state)
     final = distributed.on_main(write_folder, Path(cfg.out) / "policy", write_final,
                                 "the final policy")
     log.info("policy saved to %s", final)

@@ -144,6 +144,9 @@ class PPOConfig:
                                           "reference is then the policy with adapters off)")
 
     def validate(self) -> None:
+        if self.compute.fsdp and self.lora.enabled:
+            raise ConfigError("compute.fsdp: not with LoRA (lora.r > 0) yet; LoRA models are "
+                              "small enough for data parallelism: set compute.fsdp=false")
         if not self.reward.model and not self.reward.functions:
             raise ConfigError("reward: give reward.model or reward.functions (or both)")
         n_sources = int(bool(self.reward.model)) + len(self.reward.functions)

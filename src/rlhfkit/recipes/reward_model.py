@@ -115,6 +115,10 @@ class RewardModelConfig:
                                           "every weight; the reward model is saved merged")
 
     def validate(self) -> None:
+        if self.compute.fsdp:
+            raise ConfigError("compute.fsdp: sharded training is available in the RL stage "
+                              "(rlhfkit ppo); for the reward model use data parallelism, "
+                              "LoRA or compute.gradient_checkpointing")
         if self.lora.enabled and self.lora.save != "merged":
             raise ConfigError("lora.save: a reward model is saved merged (its score mean and "
                               "std live in its config, which an adapter folder has not)")

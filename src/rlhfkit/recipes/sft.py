@@ -136,6 +136,12 @@ class SFTConfig:
     compute: ComputeConfig = option(ComputeConfig, "precision, memory and many processes")
     lora: LoraConfig = option(LoraConfig, "train LoRA adapters instead of every weight")
 
+    def validate(self) -> None:
+        if self.compute.fsdp:
+            raise ConfigError("compute.fsdp: sharded training is available in the RL stage "
+                              "(rlhfkit ppo); for sft use data parallelism, LoRA or "
+                              "compute.gradient_checkpointing")
+
 
 # ---------------------------------------------------------------------------- shared pieces
 
