@@ -55,7 +55,10 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def _cache_kwarg(model) -> str:
-    """transformers 5.2x renamed `past_key_values` to `cache`; accept both."""
+    """transformers 5.2x renamed `past_key_values` to `cache`; accept both. A PEFT wrapper
+    passes the keyword on to the model inside, so that model's signature decides."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -81,7 +84,7 @@ def preallocated_cache(model, max_length: int):
 def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                      sampling: Sampling, eos_token_id: int, pad_token_id: int,
                      generator: torch.Generator | None = None, row_offset: int = 0,
-                     total_rows: int | None = None,
+                     total_rows: int | None = None, agree=None,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one response per prompt row.
 
@@ -90,6 +93,9 @@ def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     These B rows are rows [row_offset, row_offset + B) of a global batch of `total_rows`
     (default B): the sampling noise is drawn for all of them, on the generator's device.
     `eos_token_id` < 0 never stops a row: every response has max_new_tokens tokens.
+    `agree(done) -> bool` turns this process's "every row stopped" into the verdict of all
+    processes (`distributed.all_ranks_agree`): sharded (FSDP) models need every rank to run
+    the same forward passes.
     The model must be in eval mode (no dropout) — the caller's job, checked here.
 
     Everything a step writes is allocated once, before the loop: the KV cache, the
@@ -121,7 +127,7 @@ def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
             finished |= token == eos_token_id
         tokens[:, t] = token
         if t + 1 == steps or (eos_token_id >= 0 and (t + 1) % check_every == 0
-                              and bool(finished.all())):
+                              and (agree or bool)(bool(finished.all()))):
             break
         mask[:, prompt_len + t] = 1
         cache = {_cache_kwarg(model): _output_cache(out)}

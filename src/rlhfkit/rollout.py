@@ -19,7 +19,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from rlhfkit.core import entropy_from_logits, logprobs_from_logits, position_ids_from_mask
+from rlhfkit.core import position_ids_from_mask
+from rlhfkit.core.logprobs import logprobs_and_entropy
 from rlhfkit.models import PolicyWithValueHead, ValueModel
 
 
@@ -59,19 +60,30 @@ class Rollout:
 # Fields with one entry per response token: (B, T).
 TOKEN_FIELDS = ("response_ids", "response_mask", "logprobs", "ref_logprobs", "values", "kl",
                 "rewards", "advantages", "returns")
+# Fields with one entry per (left-padded) prompt token: (B, P).
+PROMPT_FIELDS = ("prompt_ids", "prompt_mask")
 
 
 def select(rollout: Rollout, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The tensors of `rows` (a (b,) index tensor), per-token ones trimmed to the longest
-    response among them: trailing pad columns cost compute and, under causal attention,
-    change nothing."""
-    t = int(rollout.response_mask[rows].sum(-1).max())
+    """The tensors of `rows` (a (b,) index tensor), padded only as far as these rows need:
+    per-token ones trimmed to the longest response among them, the prompts to the longest
+    prompt among them (the left-pad columns no row uses are dropped). Pad columns cost
+    compute and change nothing: they are masked out as keys, and position ids come from
+    the mask."""
+    response_mask, prompt_mask = rollout.response_mask[rows], rollout.prompt_mask[rows]
+    # one host sync for both lengths: longest response, longest prompt
+    t, p = torch.stack([response_mask.sum(-1).max(), prompt_mask.sum(-1).max()]).tolist()
+    start = prompt_mask.shape[1] - p     # prompts are left-padded: the last p columns
     out = {}
     for f in fields(rollout):
         value = getattr(rollout, f.name)
         if isinstance(value, torch.Tensor):
             value = value[rows]
-            out[f.name] = value[:, :t] if f.name in TOKEN_FIELDS else value
+            if f.name in TOKEN_FIELDS:
+                value = value[:, :t]
+            elif f.name in PROMPT_FIELDS:
+                value = value[:, start:]
+            out[f.name] = value
     return out
 
 
@@ -93,11 +105,13 @@ def response_forward(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
 
 
 def critic_values(critic: ValueModel, prompt_ids, prompt_mask, response_ids, response_mask):
-    """V(s_t) from a separate critic, aligned with the response tokens: (b, T)."""
+    """V(s_t) from a separate critic, aligned with the response tokens: (b, T). The value
+    of response token t is read where its logits are (position P−1+t): the last T+1
+    positions minus the very last, and the head runs on those alone."""
     t = response_ids.shape[1]
     values = critic.values(torch.cat([prompt_ids, response_ids], 1),
-                           torch.cat([prompt_mask, response_mask], 1))
-    return values[:, -(t + 1):-1]
+                           torch.cat([prompt_mask, response_mask], 1), last=t + 1)
+    return values[:, :-1]
 
 
 @torch.no_grad()
@@ -105,13 +119,15 @@ def score_tokens(model, batch: dict[str, torch.Tensor], temperature: float,
                  critic: ValueModel | None = None, with_entropy: bool = False):
     """No-grad pass over a chunk of rollouts: (log-probs (b, T), values (b, T) or None,
     entropy (b, T) or None). The values come from the critic when given, else from the
-    model's own head (if any)."""
+    model's own head (if any). One forward pass per model; the log-probs and the entropy
+    share one float32 copy of the logits."""
     args = (batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"])
     logits, values = response_forward(model, *args)
-    logprobs = logprobs_from_logits(logits, batch["response_ids"], temperature)
+    logprobs, entropy = logprobs_and_entropy(logits, batch["response_ids"], temperature,
+                                             with_entropy)
+    del logits  # the (b, T, V) logits are not needed past this point
     if critic is not None:
         values = critic_values(critic, *args)
-    entropy = entropy_from_logits(logits, temperature) if with_entropy else None
     return logprobs, values, entropy
 
 

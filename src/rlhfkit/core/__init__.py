@@ -16,7 +16,7 @@ from rlhfkit.core.advantages import (ADVANTAGE_ESTIMATORS, SEQUENCE_ADVANTAGES, 
                                      reinforce_advantages, rloo_advantages)
 from rlhfkit.core.kl import (KL_ESTIMATORS, AdaptiveKLController, FixedKLController,
                              kl_estimate)
-from rlhfkit.core.logprobs import entropy_from_logits, logprobs_from_logits
+from rlhfkit.core.logprobs import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from rlhfkit.core.losses import (REDUCTIONS, explained_variance, policy_gradient_loss,
                                  ppo_policy_loss, ppo_value_loss, reduce_loss,
                                  reward_model_loss)
@@ -28,7 +28,7 @@ from rlhfkit.core.rewards import (apply_missing_eos_penalty, discounted_returns,
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "SEQUENCE_ADVANTAGES", "gae", "grpo_advantages", "reinforce_advantages", "rloo_advantages",
     "KL_ESTIMATORS", "AdaptiveKLController", "FixedKLController", "kl_estimate",
-    "entropy_from_logits", "logprobs_from_logits",
+    "entropy_from_logits", "logprobs_and_entropy", "logprobs_from_logits",
     "REDUCTIONS", "explained_variance", "policy_gradient_loss", "ppo_policy_loss",
     "ppo_value_loss", "reduce_loss", "reward_model_loss",
     "masked_mean", "masked_sum", "masked_var", "masked_whiten", "position_ids_from_mask",

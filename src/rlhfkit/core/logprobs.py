@@ -25,27 +25,67 @@ def _check_logits(logits: torch.Tensor, temperature: float) -> None:
         raise ValueError(f"temperature: expected a positive number, got {temperature}")
 
 
+# Rows of logits turned into float32 at once: bounds the temporary copy at 2**24 floats
+# (64 MiB) whatever B, T and V are, yet small batches go through in one kernel call.
+CHUNK_ELEMENTS = 2 ** 24
+
+
+def _row_chunks(logits: torch.Tensor):
+    """Slices of the batch dimension holding at most CHUNK_ELEMENTS logits (>= 1 row)."""
+    rows = max(1, CHUNK_ELEMENTS // max(1, logits.shape[1] * logits.shape[2]))
+    for start in range(0, logits.shape[0], rows):
+        yield slice(start, start + rows)
+
+
+def _check_tokens(logits: torch.Tensor, tokens: torch.Tensor) -> None:
+    if tokens.shape != logits.shape[:2]:
+        raise ValueError(f"tokens: expected shape {tuple(logits.shape[:2])} (the first two "
+                         f"dimensions of logits), got {tuple(tokens.shape)}")
+    if tokens.is_floating_point():
+        raise ValueError(f"tokens: expected an integer tensor of token ids, got {tokens.dtype}")
+
+
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                         with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(a_t | s_t) of the given tokens and the entropy H_t of π(· | s_t), from one
+    scaled copy of the logits and one log-normaliser:
+
+        log π(a_t) = z_t[a_t] / τ − logsumexp_v(z_t[v] / τ)
+        H_t        = logsumexp(z_t / τ) − Σ_v π_v · z_t[v] / τ
+
+    Shapes: logits (B, T, V), tokens (B, T) integer -> ((B, T) float32, (B, T) float32 or
+    None when `with_entropy` is False).
+
+    Memory: the (B, T, V) logits are never copied whole. They are turned into float32 a
+    few rows at a time (at most CHUNK_ELEMENTS numbers), so the extra memory is one such
+    chunk, not a full log-softmax tensor (which would double the largest tensor of an RLHF
+    step).
+    """
+    _check_logits(logits, temperature)
+    _check_tokens(logits, tokens)
+    tokens = tokens.long()
+    logprobs, entropies = [], []
+    for rows in _row_chunks(logits):
+        scaled = logits[rows].float() / temperature                   # (b, T, V) float32
+        log_norm = torch.logsumexp(scaled, dim=-1)                    # (b, T)
+        logprobs.append(scaled.gather(-1, tokens[rows].unsqueeze(-1)).squeeze(-1) - log_norm)
+        if with_entropy:
+            probs = torch.softmax(scaled, dim=-1)
+            entropies.append(log_norm - (probs * scaled).sum(-1))
+    cat = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts)
+    return cat(logprobs), cat(entropies) if with_entropy else None
+
+
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
                          temperature: float) -> torch.Tensor:
     """log π(a_t | s_t) of the given tokens under softmax(logits / τ).
 
         log π(a_t) = z_t[a_t] / τ − logsumexp_v(z_t[v] / τ)
 
-    Shapes: logits (B, T, V), tokens (B, T) integer -> (B, T) float32.
-
-    Memory: the (B, T, V) logits are never copied whole. The log-normaliser is computed one
-    sequence at a time in float32, so the extra memory is one (T, V) slice, not a full
-    log-softmax tensor (which would double the largest tensor of an RLHF step).
+    Shapes: logits (B, T, V), tokens (B, T) integer -> (B, T) float32. Memory: see
+    `logprobs_and_entropy` (at most one chunk of float32 logits besides the input).
     """
-    _check_logits(logits, temperature)
-    if tokens.shape != logits.shape[:2]:
-        raise ValueError(f"tokens: expected shape {tuple(logits.shape[:2])} (the first two "
-                         f"dimensions of logits), got {tuple(tokens.shape)}")
-    if tokens.is_floating_point():
-        raise ValueError(f"tokens: expected an integer tensor of token ids, got {tokens.dtype}")
-    picked = logits.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1).float() / temperature
-    log_norm = torch.stack([torch.logsumexp(row.float() / temperature, dim=-1) for row in logits])
-    return picked - log_norm
+    return logprobs_and_entropy(logits, tokens, temperature, with_entropy=False)[0]
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -53,12 +93,12 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float) -> torch.Tenso
 
         H_t = −Σ_v π_v log π_v = logsumexp(z_t / τ) − Σ_v π_v · z_t[v] / τ
 
-    Shapes: logits (B, T, V) -> (B, T) float32. Computed one sequence at a time, as above.
+    Shapes: logits (B, T, V) -> (B, T) float32. Computed a few rows at a time, as above.
     """
     _check_logits(logits, temperature)
     rows = []
-    for row in logits:  # row: (T, V)
-        scaled = row.float() / temperature
+    for chunk in _row_chunks(logits):
+        scaled = logits[chunk].float() / temperature
         probs = torch.softmax(scaled, dim=-1)
         rows.append(torch.logsumexp(scaled, dim=-1) - (probs * scaled).sum(-1))
-    return torch.stack(rows)
+    return rows[0] if len(rows) == 1 else torch.cat(rows)

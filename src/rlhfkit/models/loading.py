@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.models.trunk import fuse_activations
 
 PAD_TOKEN = "<|pad|>"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -58,7 +59,7 @@ def from_pretrained(auto_class, name_or_path, **kwargs):
     """`auto_class.from_pretrained`; a missing or unreachable model is a one-line RlhfkitError."""
     name = resolve_path(name_or_path)
     try:
-        return auto_class.from_pretrained(name, **kwargs)
+        model = auto_class.from_pretrained(name, **kwargs)
     except OSError as err:  # transformers raises OSError for a missing repo, file or network
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RlhfkitError(f"could not load '{name}': {first_line}") from err
@@ -70,6 +71,8 @@ def from_pretrained(auto_class, name_or_path, **kwargs):
             raise
         raise RlhfkitError(f"'{name}' ships its own Python code, which runs only with "
                            "trust_remote_code=true: pass it only if you trust that code") from err
+    # GPT-2's gelu_new as one fused kernel: same function, ~2.5x faster (models/trunk.py)
+    return fuse_activations(model) if isinstance(model, torch.nn.Module) else model
 
 
 def load_tokenizer(name_or_path, trust_remote_code: bool = False):

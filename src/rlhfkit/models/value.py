@@ -45,13 +45,18 @@ class ValueModel(nn.Module):
     def config(self):
         return self.model.config
 
-    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-token values, position ids from the mask: (B, L) -> (B, L) float32.
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               last: int = 0) -> torch.Tensor:
+        """Per-token values, position ids from the mask: (B, L) -> (B, L) float32, or
+        (B, last) for the last `last` positions only (`last` > 0: the head runs on those
+        alone, as `logits_to_keep` does for an LM).
 
         Values at padded positions are finite but meaningless; mask them.
         """
         hidden = trunk_hidden_states(self.model, input_ids, attention_mask)   # (B, L, H)
-        return score_head(self.model)(hidden).squeeze(-1).float()           # (B, L)
+        if last > 0:
+            hidden = hidden[:, -last:]                                        # (B, last, H)
+        return score_head(self.model)(hidden).squeeze(-1).float()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.values(input_ids, attention_mask)
