@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rlhfkit import cli
 from rlhfkit.checkpoint import latest_checkpoint
 
 
@@ -62,11 +63,9 @@ def files(tmp_path_factory, tiny_corpus):
 
 def run(args: list[str], processes: int = 1, env: dict | None = None,
         check: bool = True) -> subprocess.CompletedProcess:
-    """`rlhfkit ARGS` in one process, or under torchrun with `processes` processes."""
-    launcher = [sys.executable, "-m", "rlhfkit"]
-    if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={processes}", "-m", "rlhfkit"]
+    """`rlhfkit ARGS` under torchrun with `processes` real processes."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={processes}", "-m", "rlhfkit"]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                 **(env or {})}
     done = subprocess.run(launcher + args, capture_output=True, text=True, env=full_env,
@@ -74,6 +73,11 @@ def run(args: list[str], processes: int = 1, env: dict | None = None,
     if check and done.returncode != 0:
         raise AssertionError(f"rlhfkit {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return done
+
+
+def run_here(args: list[str]) -> None:
+    """`rlhfkit ARGS` as one process: this one (no second interpreter to start)."""
+    assert cli.main(args) == 0, args
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -112,8 +116,8 @@ def test_two_processes_train_like_one(files, tiny_gpt2_dir, tmp_path, algo, fsdp
     extra = ([f"value.model={tiny_gpt2_dir}"] if algo == "ppo"
              else ["algo=grpo", "batch.prompts_per_update=4", "batch.samples_per_prompt=2"])
     extra += ["compute.fsdp=true"] if fsdp else []
-    run(["ppo", *ppo_args(files, tiny_gpt2_dir, tmp_path / "one", "batch.micro_batch_size=2",
-                          *extra)])
+    run_here(["ppo", *ppo_args(files, tiny_gpt2_dir, tmp_path / "one",
+                               "batch.micro_batch_size=2", *extra)])
     run(["ppo", *ppo_args(files, tiny_gpt2_dir, tmp_path / "two", "batch.micro_batch_size=1",
                           *extra)], processes=2)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
@@ -132,7 +136,7 @@ def test_sft_and_reward_model_on_two_processes_train_like_one(files, tiny_gpt2_d
     for recipe, data in (("sft", "sft.jsonl"), ("reward", "prefs.jsonl")):
         args = [recipe, f"model={tiny_gpt2_dir}", f"data={files / data}", "optim.lr=1e-3",
                 "optim.warmup_steps=0", *common]
-        run(args + [f"out={tmp_path / recipe}-one", "grad_accum=2"])
+        run_here(args + [f"out={tmp_path / recipe}-one", "grad_accum=2"])
         run(args + [f"out={tmp_path / recipe}-two", "grad_accum=2"], processes=2)
         one, two = metrics(tmp_path / f"{recipe}-one"), metrics(tmp_path / f"{recipe}-two")
         keys = ("loss", "grad_norm", "eval/loss", "eval/accuracy", "accuracy")
@@ -141,32 +145,33 @@ def test_sft_and_reward_model_on_two_processes_train_like_one(files, tiny_gpt2_d
                             tmp_path / f"{recipe}-two/model/model.safetensors")
 
 
-@pytest.mark.parametrize("sharding", ["compute.fsdp=false", "compute.fsdp=true"])
+@pytest.fixture(scope="module")
+def uninterrupted(files, tiny_gpt2_dir, tmp_path_factory) -> Path:
+    """4 PPO updates in one process, never stopped."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    run_here(["ppo", *ppo_args(files, tiny_gpt2_dir, out, "value.kind=head",
+                               "batch.micro_batch_size=4", "batch.num_updates=4")])
+    return out
+
+
+@pytest.mark.parametrize("sharding,dies", [("compute.fsdp=false", "1"),
+                                           ("compute.fsdp=true", None)])
 def test_a_two_process_checkpoint_resumes_in_one_process(files, tiny_gpt2_dir, tmp_path,
-                                                         sharding):
+                                                         uninterrupted, sharding, dies):
+    """Data parallel: rank 1 alone dies in update 3 — every rank stops, and the checkpoint
+    of update 2 is whole. FSDP: both ranks die there. Either checkpoint resumes in one
+    process and ends where the uninterrupted run ends."""
     args = ppo_args(files, tiny_gpt2_dir, tmp_path / "run", "value.kind=head",
-                    "batch.micro_batch_size=1", "batch.num_updates=4", sharding)
-    # both ranks die in the reward function of update 3, after the checkpoint of update 2
-    died = run(["ppo", *args], processes=2, env={"RLHFKIT_TEST_CRASH_AT": "3"}, check=False)
+                    "batch.micro_batch_size=1", "batch.num_updates=4", "compute.timeout=30",
+                    sharding)
+    crash = {"RLHFKIT_TEST_CRASH_AT": "3"} | ({"RLHFKIT_TEST_CRASH_RANK": dies} if dies else {})
+    died = run(["ppo", *args], processes=2, env=crash, check=False)
     assert died.returncode != 0 and "killed for the test" in died.stderr
     assert latest_checkpoint(tmp_path / "run").name == "step-000002"
-    run(["ppo", *args, "resume=true"])  # one process: 4 micro-batches of 1 per mini-batch
-    run(["ppo", *ppo_args(files, tiny_gpt2_dir, tmp_path / "whole", "value.kind=head",
-                          "batch.micro_batch_size=4", "batch.num_updates=4", sharding)])
-    assert_same_values(metrics(tmp_path / "run"), metrics(tmp_path / "whole"), PPO_LOSSES)
+    run_here(["ppo", *args, "resume=true"])  # one process: 4 micro-batches of 1 per mini-batch
+    assert_same_values(metrics(tmp_path / "run"), metrics(uninterrupted), PPO_LOSSES)
     assert_same_weights(tmp_path / "run/policy/model.safetensors",
-                        tmp_path / "whole/policy/model.safetensors")
-
-
-def test_a_rank_that_dies_stops_every_rank_and_keeps_the_checkpoint(files, tiny_gpt2_dir,
-                                                                     tmp_path):
-    args = ppo_args(files, tiny_gpt2_dir, tmp_path / "run", "value.kind=head",
-                    "batch.micro_batch_size=1", "batch.num_updates=4", "compute.timeout=20")
-    died = run(["ppo", *args], processes=2, check=False,
-               env={"RLHFKIT_TEST_CRASH_AT": "3", "RLHFKIT_TEST_CRASH_RANK": "1"})
-    assert died.returncode != 0 and "killed for the test" in died.stderr
-    last = latest_checkpoint(tmp_path / "run")
-    assert last is not None and last.name == "step-000002"
+                        uninterrupted / "policy/model.safetensors")
 
 
 def test_a_world_size_that_does_not_divide_the_batch_is_named(files, tiny_gpt2_dir, tmp_path):
@@ -186,13 +191,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_missing_rendezvous_fails_within_the_timeout(files, tiny_gpt2_dir, tmp_path):
+def test_a_missing_rendezvous_fails_within_the_timeout(files, tiny_gpt2_dir, tmp_path,
+                                                      monkeypatch, capsys):
     args = ["ppo", *ppo_args(files, tiny_gpt2_dir, tmp_path / "run", "value.kind=head",
                              "batch.micro_batch_size=1", "compute.timeout=3")]
-    alone = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
-    done = run(args, env=alone, check=False)
-    assert done.returncode != 0 and "MASTER_ADDR and MASTER_PORT not set" in done.stderr
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert cli.main(args) == 2
+    assert "MASTER_ADDR and MASTER_PORT not set" in capsys.readouterr().err
     # the other rank never arrives: an error after ~3 s, not a hang
-    done = run(args, check=False, env={**alone, "MASTER_ADDR": "127.0.0.1",
-                                       "MASTER_PORT": str(free_port())})
-    assert done.returncode != 0 and "could not join the 2-process group" in done.stderr
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    assert cli.main(args) == 2
+    assert "could not join the 2-process group" in capsys.readouterr().err
