@@ -374,3 +374,29 @@ def test_lora_resume_after_a_crash_equals_a_run_that_never_stopped(files, tmp_pa
         for key in a:
             assert torch.equal(a[key], b[key]), (model, key)
     assert (tmp_path / "cut/policy/adapter_config.json").is_file()  # saved as the adapter
+
+
+# ---------------------------------------------------------------------------- compute options
+
+def test_gradient_checkpointing_changes_no_result(files, tmp_path, tiny_gpt2_dir):
+    common = ["batch.num_updates=2", "batch.prompts_per_update=16", "batch.micro_batch_size=8",
+              "value.kind=critic", f"value.model={tiny_gpt2_dir}"]
+    plain = train(config(files, tmp_path / "plain", *common, policy=tiny_gpt2_dir))
+    saved = train(config(files, tmp_path / "ckpt", *common, "compute.gradient_checkpointing=true",
+                         policy=tiny_gpt2_dir))
+    assert saved.lm.is_gradient_checkpointing and not saved.lm.training  # eval between steps
+    rows_a, rows_b = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "ckpt")
+    for a, b in zip(rows_a, rows_b):
+        for key in ("loss/policy", "loss/value", "grad_norm", "score/mean"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    for (name, a), b in zip(plain.policy.state_dict().items(), saved.policy.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=name)
+
+
+def test_bf16_autocast_trains_with_fp32_weights_and_losses(files, tmp_path, tiny_gpt2_dir):
+    p = train(config(files, tmp_path / "bf16", "compute.precision=bf16", "batch.num_updates=2",
+                     "batch.prompts_per_update=8", "batch.micro_batch_size=8",
+                     "sampling.max_new_tokens=6", policy=tiny_gpt2_dir))
+    assert p.bf16 and all(q.dtype == torch.float32 for q in p.policy.parameters())
+    rows = read_metrics(tmp_path / "bf16")
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss/policy"])) for r in rows)
