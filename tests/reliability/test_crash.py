@@ -119,6 +119,8 @@ def assert_no_partial_checkpoint_under_a_final_name(run_dir: Path) -> None:
 
 
 def assert_resumed_from(log: Path, expected: Path | None, must_have_resumed: bool) -> None:
+    if not log.exists() and not must_have_resumed:
+        return  # a random kill that landed before the process had even opened its log
     text = log.read_text(errors="replace")
     if expected is None:
         assert "resumed from" not in text, text[-2000:]
