@@ -95,13 +95,9 @@ def world() -> World:
 
 
 def shutdown() -> None:
+    """Leave the process group (at the end of a command: torch warns about one left open)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if world().distributed:
-        dist.barrier()
 
 
 def shard(n: int, w: World | None = None) -> slice:

@@ -807,5 +807,8 @@ def train(cfg: PPOConfig) -> Parts:
 
 def main(cfg: PPOConfig) -> int:
     """`rlhfkit ppo`: the command-line entry point."""
-    train(cfg)
+    try:
+        train(cfg)
+    finally:
+        distributed.shutdown()
     return 0

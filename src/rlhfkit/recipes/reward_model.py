@@ -345,5 +345,8 @@ def train(cfg: RewardModelConfig) -> RewardRun:
 
 def main(cfg: RewardModelConfig) -> int:
     """`rlhfkit reward`: the command-line entry point."""
-    train(cfg)
+    try:
+        train(cfg)
+    finally:
+        distributed.shutdown()
     return 0

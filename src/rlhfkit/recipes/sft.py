@@ -577,5 +577,8 @@ def train(cfg: SFTConfig) -> SFTRun:
 
 def main(cfg: SFTConfig) -> int:
     """`rlhfkit sft`: the command-line entry point."""
-    train(cfg)
+    try:
+        train(cfg)
+    finally:
+        distributed.shutdown()
     return 0
