@@ -218,11 +218,6 @@ def all_ranks_agree(flag: bool) -> bool:
     return bool(t)
 
 
-def parameters_checksum(module: torch.nn.Module) -> float:
-    """Σ|θ| over the module's parameters: equal on every rank when they are in sync."""
-    return float(sum(p.detach().double().abs().sum() for p in module.parameters()))
-
-
 # ---------------------------------------------------------------------------- FSDP2
 
 def shard_model(model: torch.nn.Module, root: torch.nn.Module | None = None) -> None:

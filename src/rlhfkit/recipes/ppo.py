@@ -65,7 +65,7 @@ from rlhfkit.models import (PolicyWithValueHead, ValueModel, disable_dropout, lo
 from rlhfkit.models.loading import resolve_path
 from rlhfkit.models.trunk import trunk
 from rlhfkit.models.lora import (add_lora, adapters_disabled, is_lora, load_lora_adapter,
-                                 save_lora_model)
+                                 save_lora_model, trainable_parameters)
 from rlhfkit.models.value import VALUE_HEAD_FILE
 from rlhfkit.recipes.common import (autocast, clip_grad_norm, describe_config,
                                     enable_gradient_checkpointing, make_optimizer,
@@ -250,7 +250,7 @@ def build(cfg: PPOConfig, device, resume_from: Path | None, data=None) -> Parts:
     if cfg.compute.fsdp and distributed.world().distributed:
         shard_models(policy, ref, critic)  # before the optimizer: it holds the shards
     value_lr = cfg.value.lr or cfg.optim.lr
-    train = lambda m: [q for q in m.parameters() if q.requires_grad]  # LoRA: adapters only
+    train = trainable_parameters  # with LoRA: the adapters (and heads) only
     if isinstance(policy, PolicyWithValueHead):
         groups = [{"params": train(policy.lm)},
                   {"params": train(policy.value_head), "lr": value_lr}]

@@ -62,8 +62,7 @@ from rlhfkit.data import collate_sft, load_sft, tokenize_sft
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
 from rlhfkit.metrics import METRICS_FILE, MetricsLogger
 from rlhfkit.models import disable_dropout, load_causal_lm, load_tokenizer
-from rlhfkit.models.lora import (LoraConfig, add_lora, is_lora, load_lora_adapter,
-                                 save_lora_model)
+from rlhfkit.models.lora import LoraConfig, add_lora, load_lora_adapter, trainable_parameters
 from rlhfkit import distributed
 from rlhfkit.recipes.common import (ComputeConfig, OptimConfig, autocast, clip_grad_norm,
                                     describe_config, enable_gradient_checkpointing, fit_context,
@@ -71,7 +70,7 @@ from rlhfkit.recipes.common import (ComputeConfig, OptimConfig, autocast, clip_g
                                     nonfinite_grad, nonfinite_parameter, out_of_memory_hint,
                                     prepare_run_dir, seed_everything, setup_logging,
                                     start_world, use_bf16)
-from rlhfkit.recipes.ppo import truncate_jsonl
+from rlhfkit.recipes.ppo import save_model, truncate_jsonl
 
 log = logging.getLogger("rlhfkit")
 
@@ -266,11 +265,7 @@ def save_final(model, tokenizer, folder: Path, lora_save: str = "merged") -> Pat
     renamed, so a kill never leaves half a model under the final name). A LoRA model is
     saved merged (a plain Hugging Face folder) or as its adapter (`lora_save`)."""
     def write(tmp: Path) -> None:
-        if is_lora(model):
-            save_lora_model(model, tmp, lora_save)
-        else:
-            model.save_pretrained(tmp)  # (checkpoints of a LoRA model hold the adapter)
-        tokenizer.save_pretrained(tmp)
+        save_model(model, tmp, tokenizer, lora_save)  # (checkpoints hold a LoRA adapter)
     checkpoints = list_checkpoints(folder.parent, verify=False)
     return distributed.on_main(write_folder, folder, write, "the final model",
                                checkpoints[-1] if checkpoints else None)
@@ -324,7 +319,7 @@ def guarded_step(model, optimizer, scheduler, max_grad_norm: float | None, loss:
     if not bool(torch.isfinite(loss)):  # the loss of the whole step, the same on every rank
         problem = f"the {loss_name} of {guard.model_name} is {float(loss)}"
     else:
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = trainable_parameters(model)
         distributed.all_reduce_grads(params)  # every rank's share of the step, summed
         grad_norm = clip_grad_norm(params, max_grad_norm)
         if not bool(torch.isfinite(grad_norm)):
@@ -352,7 +347,7 @@ def training_state(cfg, model, n_items: int, run_dir: Path, resume_from: Path | 
                           "stay the same on any number of processes)")
     plan = StepPlan(n_items, cfg.batch_size, cfg.grad_accum, cfg.seed)
     total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable_parameters(model)
     optimizer = make_optimizer([{"params": params}], cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, total_steps)
     state = restore(run_dir, resume_from, optimizer, scheduler)
