@@ -4,15 +4,17 @@ The lecture tunes GPT-2 to continue IMDB review openings positively, scored by a
 classifier. The built-in demo must run offline on two CPU cores in three minutes, so here
 the world is small enough for a model of half a million parameters to learn in a minute:
 
-    world      short synthetic reviews (2-4 sentences, about 220 distinct words) from a
+    world      short synthetic reviews (2-4 sentences, about 330 distinct words) from a
                grammar over real sentiment-bearing English words, with negations ("not",
                "never") and intensifiers ("very", "really", "extremely"); positive,
-               negative and mixed reviews. Deterministic given a seed.
+               negative and mixed reviews, a third of them with a neutral remark
+               ("I saw it last night."). Deterministic given a seed.
     prompts    review openings that leave the sentiment open: "The acting was",
                "I watched this film last night and", "This movie".
     SFT data   {"prompt": opening, "completion": rest of the review}; the completion starts
-               with a space, so `prompt + completion` is the review. Sentiment is random, so
-               the SFT model is neutral on average (mean gold score near 0).
+               with a space, so `prompt + completion` is the review. Sentiment is random in
+               shares (`SHARES`) that make the corpus, and so the SFT model, neutral on
+               average (mean gold score near 0).
     gold       `gold_score`: VADER's compound score of the whole review, in [-1, 1]. Used
                only to evaluate; the policy never sees it.
     labeler    `Labeler`: a simulated human who labels response pairs for the reward model
@@ -44,17 +46,34 @@ _ASPECTS = [("acting", "was"), ("plot", "was"), ("story", "was"), ("script", "wa
             ("music", "was"), ("soundtrack", "was"), ("ending", "was"), ("dialogue", "was"),
             ("camera work", "was"), ("pacing", "was"), ("first half", "was"),
             ("last scene", "was"), ("main character", "was"), ("twist", "was"),
-            ("editing", "was"), ("visual effects", "were"), ("songs", "were"),
-            ("costumes", "were"), ("action scenes", "were")]
+            ("editing", "was"), ("lighting", "was"), ("lead role", "was"), ("subplot", "was"),
+            ("score", "was"), ("narration", "was"), ("final act", "was"),
+            ("opening scene", "was"), ("chase scene", "was"), ("animation", "was"),
+            ("voice acting", "was"), ("makeup", "was"), ("direction", "was"),
+            ("screenplay", "was"), ("set design", "was"), ("sound design", "was"),
+            ("story line", "was"), ("big finale", "was"), ("middle part", "was"),
+            ("visual effects", "were"), ("songs", "were"), ("costumes", "were"),
+            ("action scenes", "were"), ("gags", "were"), ("car chases", "were"),
+            ("characters", "were"), ("sets", "were"), ("performances", "were"),
+            ("dance scenes", "were"), ("flashbacks", "were"), ("end titles", "were")]
 _PEOPLE = [("actors", "were"), ("cast", "was"), ("director", "was"),
-           ("lead actress", "was"), ("main actor", "was"), ("kids", "were")]
+           ("lead actress", "was"), ("main actor", "was"), ("kids", "were"),
+           ("second cast", "was"), ("young star", "was"), ("writers", "were"),
+           ("child actors", "were"), ("whole cast", "was"), ("old actor", "was")]
 _POS_ADJ = ["good", "great", "wonderful", "excellent", "brilliant", "amazing", "beautiful",
             "fantastic", "lovely", "fun", "funny", "charming", "clever", "perfect",
             "enjoyable", "strong", "impressive", "delightful", "superb", "nice", "sweet",
-            "smart", "exciting", "hilarious", "entertaining", "interesting", "creative"]
+            "smart", "exciting", "hilarious", "entertaining", "interesting", "creative",
+            "terrific", "splendid", "powerful", "inspiring", "pleasant", "engaging",
+            "heartwarming", "thrilling", "fabulous", "remarkable", "lively", "adorable",
+            "elegant", "amusing", "playful", "cute", "honest"]
 _NEG_ADJ = ["bad", "terrible", "awful", "boring", "dull", "weak", "stupid", "horrible",
             "poor", "ugly", "messy", "painful", "dumb", "lame", "annoying", "disappointing",
-            "pathetic", "dreadful", "lazy", "confusing", "tired", "useless", "sad"]
+            "pathetic", "dreadful", "lazy", "confusing", "tired", "useless", "sad",
+            "horrendous", "ridiculous", "offensive", "depressing", "irritating", "frustrating",
+            "miserable", "disgusting", "nasty", "lousy", "unpleasant", "disastrous",
+            "worthless", "shameful", "insulting", "idiotic", "hopeless", "inferior", "mindless",
+            "clueless", "careless", "grim", "dismal"]
 _BOOSTERS = ["very", "really", "extremely", "so", "quite", "totally", "incredibly"]
 # Negated opposites that a person would write: "not bad" (mildly positive), "not very
 # good", "never funny" (negative).
@@ -83,10 +102,19 @@ _TIMES = ["last night", "yesterday", "on Sunday", "with my sister", "with my dad
           "at home", "at the cinema", "on a Monday", "twice", "this week"]
 _COMPANIONS = ["family", "sister", "brother", "parents", "kids", "wife", "husband", "dad"]
 _TOPICS = ["a small town", "two brothers", "a stray dog", "a young doctor", "an old house",
-           "a band on the road", "a family at the sea", "a detective in the city"]
+           "a band on the road", "a family at the sea", "a detective in the city",
+           "a ship at sea", "a girl and her horse", "a chef in Paris", "a boy who can fly",
+           "a pilot on an island", "twins in a village", "a robot in space", "a painter"]
+_PARTS = ["first half", "second half", "opening scene", "final act", "middle part",
+          "last ten minutes", "first hour", "big finale"]
+_GENRES = ["drama", "family film", "spy film", "heist movie", "road movie", "musical",
+           "western", "cartoon", "biopic", "documentary", "period piece", "sports movie"]
 _FILLERS = ["I saw it {time}.", "It is about {topic}.", "The film runs for two hours.",
             "It is based on a book.", "I went in without knowing much.",
-            "The theater was full.", "I watched it {time}."]
+            "The theater was full.", "I watched it {time}.", "It came out {time}.",
+            "I had heard a lot about it.", "It is a remake of an old film.",
+            "It is the second film of the series.", "My {companion} picked it.",
+            "We watched it {time}.", "It is set in {topic}."]
 
 
 def _pick(rng: random.Random, words):
@@ -151,11 +179,12 @@ def _recommend(rng: random.Random, pol: int) -> str:
 
 def _sentence(rng: random.Random, pol: int) -> str:
     if pol == 0:
-        return _pick(rng, _FILLERS).format(time=_pick(rng, _TIMES), topic=_pick(rng, _TOPICS))
+        return _pick(rng, _FILLERS).format(time=_pick(rng, _TIMES), topic=_pick(rng, _TOPICS),
+                                           companion=_pick(rng, _COMPANIONS))
     aspect, be = _pick(rng, _ASPECTS)
     people, pbe = _pick(rng, _PEOPLE)
     film = _pick(rng, _FILMS)
-    kind = rng.randrange(12)
+    kind = rng.randrange(16)
     if kind == 0:
         other, obe = _pick(rng, _ASPECTS)
         if other != aspect:
@@ -179,7 +208,15 @@ def _sentence(rng: random.Random, pol: int) -> str:
         return f"I was {_pick(rng, _POS_STATES_BY if pol > 0 else _NEG_STATES_BY)} by the {aspect}."
     if kind == 10:
         return _recommend(rng, pol)
-    return f"The {film} is {_adj_phrase(rng, pol)}."
+    if kind == 11:
+        return f"The {film} is {_adj_phrase(rng, pol)}."
+    if kind == 12:
+        return f"The {aspect} in the {_pick(rng, _PARTS)} {be} {_adj_phrase(rng, pol)}."
+    if kind == 13:
+        return f"I thought the {aspect} {be} {_adj_phrase(rng, pol)}."
+    if kind == 14:
+        return f"My {_pick(rng, _COMPANIONS)} found the {aspect} {_adj(rng, pol)}."
+    return f"For a {_pick(rng, _GENRES)}, the {aspect} {be} {_adj_phrase(rng, pol)}."
 
 
 # Openings: (template, kind). The kind picks how `_continue` finishes the sentence.
@@ -248,6 +285,11 @@ def _continue(rng: random.Random, kind: str, slots: dict, pol: int) -> str:
 
 
 SENTIMENTS = ("positive", "negative", "mixed")
+# How often a review has each sentiment. Positive words are a little stronger in VADER than
+# negative ones, and mixed reviews lean positive, so equal shares would make the corpus (and
+# the SFT model) positive on average; these shares put its mean gold score near 0.
+SHARES = (0.31, 0.36, 0.33)
+NEUTRAL_P = 0.3   # chance that a review has one neutral remark ("I saw it last night.")
 
 
 def _polarities(rng: random.Random, sentiment: str, n_sentences: int) -> list[int]:
@@ -257,22 +299,21 @@ def _polarities(rng: random.Random, sentiment: str, n_sentences: int) -> list[in
         first = rng.choice((1, -1))
         pols = [first, -first] + [rng.choice((1, -1)) for _ in range(n_sentences - 2)]
         rng.shuffle(pols)
-        return pols
-    sign = 1 if sentiment == "positive" else -1
-    pols = [sign] * n_sentences
-    if n_sentences > 2 and rng.random() < 0.3:
-        pols[rng.randrange(1, n_sentences)] = 0   # an occasional neutral remark
+    else:
+        pols = [1 if sentiment == "positive" else -1] * n_sentences
+    if rng.random() < NEUTRAL_P:
+        pols.insert(rng.randrange(1, n_sentences + 1), 0)   # a neutral remark
     return pols
 
 
 def _review(rng: random.Random, sentiment: str | None) -> tuple[str, str]:
     """One review as (opening, rest): `opening + rest` is the whole review."""
     if sentiment is None:
-        sentiment = _pick(rng, SENTIMENTS)
+        sentiment = rng.choices(SENTIMENTS, SHARES)[0]
     elif sentiment not in SENTIMENTS:
         raise ConfigError(f"sentiment: expected one of {', '.join(SENTIMENTS)}, "
                           f"got {sentiment!r}")
-    pols = _polarities(rng, sentiment, rng.randint(2, 4))
+    pols = _polarities(rng, sentiment, rng.randint(2, 3))
     opening, kind, slots = _opening(rng)
     parts = [_continue(rng, kind, slots, pols[0])]
     but_used = False
@@ -419,7 +460,7 @@ class Labeler:
     """
 
     def __init__(self, bias: str = "first_sentence", noise_scale: float = 0.1,
-                 seed: int = 0, length_bonus: float = 0.02):
+                 seed: int = 0, length_bonus: float = 0.01):
         if bias not in BIASES:
             raise ConfigError(f"labeler.bias: expected one of {', '.join(BIASES)}, got {bias!r}")
         if not (isinstance(noise_scale, (int, float)) and noise_scale > 0
