@@ -22,6 +22,8 @@ def test_fast_sentiment_demo_writes_every_stage_and_the_report(tmp_path):
     for key in ("gold", "kl_to_sft", "distinct_2", "max_sentence_share"):
         assert key in report["before"] and key in report["after"] and key in report["ppo_overopt"]
     assert report["before"]["kl_to_sft"] == 0.0 and report["after"]["kl_to_sft"] > 0
+    # even at these sizes the whole pipeline works: the gold score (never trained on) rose
+    assert report["after"]["gold"] > report["before"]["gold"] + 0.1, report
     assert 0.0 <= report["reward_model_gold_accuracy"] <= 1.0
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 5 and "Samples before and after" in page
@@ -38,3 +40,27 @@ def test_demo_refuses_an_occupied_folder_and_an_unknown_task(tmp_path):
                               capture_output=True, text=True)
         assert done.returncode == 2 and message in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_side_by_side_rl_runs_stop_and_name_the_run_that_failed(tmp_path):
+    """With two free cores the demo's two RL runs go on in two processes; one that fails
+    stops the stage with an error that names its folder and shows the end of its output."""
+    import torch
+    from rlhfkit.demo import run_rl
+    from rlhfkit.errors import RlhfkitError
+    from rlhfkit.recipes.ppo_config import PPOConfig
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "The acting was"}\n')
+    (tmp_path / "no_model").mkdir()
+    configs = [load_config(PPOConfig, None, [f"policy={tmp_path / 'no_model'}", f"prompts={prompts}",
+                                             f"out={tmp_path / name}", "reward.functions=[len]",
+                                             "value.kind=head"])
+               for name in ("ppo", "ppo_overopt")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RlhfkitError, match=r"the RL run in '.*' failed \(exit \d+\)"):
+            run_rl(configs, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "ppo.yaml").exists() and (tmp_path / "ppo_overopt.out").exists()

@@ -400,3 +400,15 @@ def test_bf16_autocast_trains_with_fp32_weights_and_losses(files, tmp_path, tiny
     assert p.bf16 and all(q.dtype == torch.float32 for q in p.policy.parameters())
     rows = read_metrics(tmp_path / "bf16")
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss/policy"])) for r in rows)
+
+
+def test_reward_clip_bounds_the_scores_the_policy_is_trained_on(files, tmp_path, tiny_gpt2_dir):
+    """`reward.clip` caps what a response can earn (the demo's guard against narrowing onto
+    the reward model's favourite phrases): scores stay in [-clip, clip] while the raw scores,
+    logged beside them, go past it."""
+    out = tmp_path / "clipped"
+    train(config(files, out, "reward.clip=1.0", "batch.num_updates=3",
+                 "batch.prompts_per_update=32", policy=tiny_gpt2_dir))
+    rows = read_metrics(out)
+    assert all(abs(r["score/mean"]) <= 1.0 and r["score/std"] <= 1.0 for r in rows)
+    assert max(r["score/raw_mean"] for r in rows) > 1.0   # the spaces reward is 1.5 or so

@@ -45,7 +45,7 @@ def _mistake(rng: random.Random, answer: int) -> int:
             return wrong
 
 
-def make_sft_corpus(n: int, seed: int = 0, noise: float = 0.3,
+def make_sft_corpus(n: int, seed: int = 0, noise: float = 0.5,
                     max_operand: int = 99) -> list[dict]:
     """`n` SFT rows `{"prompt": "37+58=", "completion": "95"}`, deterministic given `seed`.
 
