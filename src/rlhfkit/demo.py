@@ -255,8 +255,9 @@ def rl_config(task, algo: str, files, out: Path, sizes: Sizes, seed: int, name: 
 
 def run_rl(configs: list, out: Path) -> None:
     """Run the RL configs; two of them side by side, one process per core, when two cores
-    are free: a tiny model keeps a second core only partly busy, so two runs at once take
-    about 1.5x one run instead of 2x."""
+    are free: a tiny model keeps a second core only partly busy (here a PPO update of the
+    demo took 0.7 s on two cores, 1.1 s on one), so two runs at once take about 1.6x one
+    run instead of 2x."""
     from rlhfkit.recipes.ppo import train
     threads = torch.get_num_threads()
     if len(configs) == 1 or threads < len(configs):

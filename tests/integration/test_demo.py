@@ -13,9 +13,11 @@ from rlhfkit.demo import DemoConfig, main
 
 def test_fast_sentiment_demo_writes_every_stage_and_the_report(tmp_path):
     out = tmp_path / "demo"
-    assert main(load_config(DemoConfig, None, [f"out={out}", "fast=true", "threads=1"])) == 0
+    # threads=2: the two RL runs go on side by side in two processes, as in `make demo`
+    assert main(load_config(DemoConfig, None, [f"out={out}", "fast=true", "threads=2"])) == 0
     for stage in ("sft/model", "reward/model", "ppo/policy", "ppo_overopt/policy"):
         assert (out / stage / "config.json").exists(), stage
+    assert (out / "ppo_overopt.yaml").exists() and (out / "ppo_overopt.out").exists()
     pairs = (out / "data" / "pairs.jsonl").read_text().splitlines()
     assert pairs and all({"prompt", "chosen", "rejected"} <= json.loads(p).keys() for p in pairs)
     report = json.loads((out / "eval.json").read_text())
