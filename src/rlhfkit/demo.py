@@ -226,7 +226,8 @@ def run_reward(files, out: Path, sizes: Sizes, seed: int) -> Path:
         f"model={out / 'sft' / 'model'}", f"data={out / 'data' / 'pairs.jsonl'}",
         f"out={out / 'reward'}", f"seed={seed}", f"max_steps={sizes.rm_steps}", "batch_size=32",
         "optim.lr=1e-3", "optim.warmup_steps=20", "max_length=96", "eval_fraction=0.05",
-        "log.eval_every=100", "log.save_every=100000", "device=cpu"])
+        "log.eval_every=100", "log.save_every=100000", "device=cpu",
+        "stats_pairs=2048"])   # mean and std of 4,096 scores are plenty; all 32,000 took 16 s
     train(cfg)
     return out / "reward" / "model"
 
