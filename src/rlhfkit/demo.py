@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -88,6 +89,9 @@ FAST = Sizes("tiny", sft_examples=4000, sft_steps=150, pairs=1200, rm_steps=100,
 # (and their noise); answers are a few tokens, so RL can afford many rollouts per update.
 ARITHMETIC = dataclasses.replace(FULL, sft_steps=1200, sft_batch=256, rl_updates=240,
                                  rl_rollouts=256, rl_mini_batches=4, max_new_tokens=8)
+
+
+RESPONSES_PER_PROMPT = 4   # samples per prompt the simulated human compares pairwise
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -185,19 +189,17 @@ def run_sft(files, out: Path, sizes: Sizes, seed: int) -> Path:
     cfg = load_config(SFTConfig, None, [
         f"model={out / 'base'}", f"data={files['sft']}", f"out={out / 'sft'}", f"seed={seed}",
         f"max_steps={sizes.sft_steps}", f"batch_size={sizes.sft_batch}", "optim.lr=3e-3",
-        "optim.warmup_steps=20",
-        "optim.schedule=cosine", "max_length=96", "eval_fraction=0.02", "log.eval_every=200",
-        "dropout=false",
-        "log.save_every=100000", "device=cpu"])
+        "optim.warmup_steps=20", "optim.schedule=cosine", "max_length=96", "eval_fraction=0.02",
+        "log.eval_every=200", "dropout=false", "log.save_every=100000", "device=cpu"])
     train(cfg)
     return out / "sft" / "model"
 
 
 def label_pairs(bias: str, files, out: Path, sizes: Sizes, seed: int) -> Path:
-    """Sample K = 4 responses per prompt from the SFT model and have the simulated human
-    label each of their 6 pairs, as InstructGPT's labelers ranked K = 4..9 responses: 6
-    pairs from 4 samples instead of 1 from 2, so `sizes.pairs` labels cost a third of the
-    sampling."""
+    """Sample K = `RESPONSES_PER_PROMPT` responses per prompt from the SFT model and have the
+    simulated human label each of their K(K-1)/2 pairs, as InstructGPT's labelers ranked
+    K = 4..9 responses: 6 pairs from 4 samples instead of 1 from 2, so `sizes.pairs` labels
+    cost a third of the sampling."""
     from rlhfkit.generation import Sampling, generate_texts
     from rlhfkit.models import load_policy
     from rlhfkit.tasks.sentiment import Labeler
@@ -205,14 +207,15 @@ def label_pairs(bias: str, files, out: Path, sizes: Sizes, seed: int) -> Path:
     model.eval()
     rng = random.Random(seed)
     prompts = [json.loads(line)["prompt"] for line in open(files["prompts"])]
-    chosen_prompts = [rng.choice(prompts) for _ in range(-(-sizes.pairs // 6))]
+    k = RESPONSES_PER_PROMPT
+    chosen_prompts = [rng.choice(prompts) for _ in range(-(-sizes.pairs // math.comb(k, 2)))]
     gen = torch.Generator().manual_seed(seed)
     sampling = Sampling(sizes.max_new_tokens, temperature=1.0)
     # Big batches pay each step's fixed overhead once per 1024 rows (~15 % faster than 256)
     samples = [generate_texts(model, tok, chosen_prompts, sampling, gen, batch_size=1024)[0]
-               for _ in range(4)]
+               for _ in range(k)]
     pairs = [(prompt, samples[i][n], samples[j][n]) for n, prompt in enumerate(chosen_prompts)
-             for i, j in itertools.combinations(range(4), 2)][:sizes.pairs]
+             for i, j in itertools.combinations(range(k), 2)][:sizes.pairs]
     rows = Labeler(bias=bias, seed=seed).label_pairs(*map(list, zip(*pairs)))
     rows = [r for r in rows if r["chosen"].strip() and r["rejected"].strip()]  # no empty answers
     log.info("labelled %d pairs (%d dropped: ties, identical or empty responses)", len(rows),
@@ -294,9 +297,10 @@ def follow_runs(runs) -> None:
     their metrics.jsonl; stops as soon as one run fails."""
     from tqdm import tqdm
 
+    from rlhfkit.metrics import metrics_path, read_metrics
+
     def updates(cfg) -> int:
-        path = Path(cfg.out) / "metrics.jsonl"
-        return path.read_text().count('"step"') if path.exists() else 0
+        return len(read_metrics(cfg.out)) if metrics_path(cfg.out).is_file() else 0
     names = " + ".join(Path(cfg.out).name for cfg, _, _ in runs)
     with tqdm(total=sum(cfg.batch.num_updates for cfg, _, _ in runs), desc=names,
               unit="update") as bar:
