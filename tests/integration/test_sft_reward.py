@@ -26,13 +26,14 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from rlhfkit.cli import main as cli_main
 from rlhfkit.config import load_config
-from rlhfkit.data import (collate_preferences, collate_prompts, encode_prompt, load_preferences,
+from rlhfkit.data import (PreferencePair, collate_preferences, collate_prompts,
+                          collate_unique_responses, encode_prompt, load_preferences,
                           tokenize_preferences)
 from rlhfkit.errors import ConfigError
 from rlhfkit.generation import Sampling, sample_responses
 from rlhfkit.metrics import read_metrics
 from rlhfkit.models import (get_score_stats, init_reward_model, load_reward_model,
-                            score_sequences)
+                            load_tokenizer, score_sequences)
 from rlhfkit.recipes import reward_model, sft
 
 RLHFKIT = str(Path(sys.executable).with_name("rlhfkit"))
@@ -210,6 +211,42 @@ def test_reward_model_loads_in_plain_transformers_with_identical_scores(rm_run, 
     assert len(scores) == 600
     assert mean == pytest.approx(float(scores.mean()), abs=1e-4)
     assert std == pytest.approx(float(scores.std()), abs=1e-4)
+
+
+def test_scoring_each_distinct_response_once_gives_the_two_pass_loss_and_gradient(
+        tiny_gpt2_dir):
+    """K = 3 responses to each of 4 prompts, all 3 pairs of each: the grouped batch scores 12
+    rows instead of 24, and its Bradley-Terry loss and gradient are those of scoring the
+    chosen and the rejected row of every pair apart (collate_preferences)."""
+    rng = random.Random(0)
+    rows = []
+    for subject in SUBJECTS[:4]:
+        responses = [" " + " ".join(rng.choice(FILLER) for _ in range(rng.randint(2, 6))) + "."
+                     for _ in range(3)]
+        rows += [{"prompt": f"Describe {subject}.", "chosen": responses[i],
+                  "rejected": responses[j]} for i, j in ((0, 1), (0, 2), (2, 1))]
+    tokenizer = load_tokenizer(tiny_gpt2_dir)
+    pairs = [PreferencePair(**row) for row in rows]
+    items = tokenize_preferences(pairs, tokenizer, 64)[0]
+    torch.manual_seed(0)
+    model = init_reward_model(tiny_gpt2_dir, tokenizer).eval()
+
+    def loss_and_grad(chosen, rejected):
+        loss, _ = reward_model.reward_model_loss(chosen, rejected, None, 0.0)
+        model.zero_grad()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    grouped = collate_unique_responses(items, tokenizer.pad_token_id)
+    assert grouped["input_ids"].shape[0] == 12
+    loss, grads = loss_and_grad(*reward_model.score_pairs(model, grouped))
+    apart = collate_preferences(items, tokenizer.pad_token_id)
+    loss_apart, grads_apart = loss_and_grad(
+        score_sequences(model, apart["chosen_input_ids"], apart["chosen_attention_mask"]),
+        score_sequences(model, apart["rejected_input_ids"], apart["rejected_attention_mask"]))
+    torch.testing.assert_close(loss, loss_apart, atol=1e-6, rtol=0)
+    for g, g_apart in zip(grads, grads_apart, strict=True):
+        torch.testing.assert_close(g, g_apart, atol=1e-6, rtol=1e-5)
 
 
 def test_reward_model_resume_is_bit_exact(tiny_gpt2_dir, data_dir, tmp_path):

@@ -19,7 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlhfkit.data import (PreferencePair, SFTExample, collate_preferences,
+from rlhfkit.data import (PreferencePair, SFTExample, TokenizedPair, collate_preferences,
+                          collate_unique_responses,
                           collate_prompts, collate_sft, encode_prompt, encode_response,
                           load_preferences, load_prompts, load_sft, read_rows,
                           split_shared_prompt, tokenize_preferences, tokenize_prompts,
@@ -396,6 +397,21 @@ def test_preferences_tokenize_and_collate(tiny_tokenizer):
     assert (batch["chosen_input_ids"][torch.arange(2), last] == tiny_tokenizer.eos_token_id).all()
     assert batch["margin"].tolist() == [1.5, 0.0]  # missing margin: plain Bradley-Terry
     assert collate_preferences(items[1:], 0)["margin"] is None
+
+
+def test_unique_responses_score_each_row_once_and_index_every_pair_by_hand():
+    a, b, c = [1, 5, 6, 2], [1, 5, 7, 7, 2], [1, 5, 8, 2]   # three responses to prompt [1, 5]
+    items = [TokenizedPair(a, b), TokenizedPair(a, c, 0.5), TokenizedPair(c, b)]
+    batch = collate_unique_responses(items, pad_token_id=0)
+    assert batch["input_ids"].tolist() == [a + [0], b, c + [0]]   # 3 rows for 3 pairs, not 6
+    assert batch["attention_mask"].sum(-1).tolist() == [4, 5, 4]
+    assert batch["chosen_index"].tolist() == [0, 0, 2]
+    assert batch["rejected_index"].tolist() == [1, 2, 1]
+    assert batch["margin"].tolist() == [0.0, 0.5, 0.0]
+    # rows in no other pair: the 2B rows of collate_preferences, chosen then rejected
+    lone = collate_unique_responses([TokenizedPair(a, b), TokenizedPair(c, [1, 9, 2])], 0)
+    assert lone["chosen_index"].tolist() == [0, 2] and lone["rejected_index"].tolist() == [1, 3]
+    assert lone["margin"] is None
 
 
 def test_long_pair_cuts_one_shared_prompt_and_keeps_both_responses(tiny_tokenizer):

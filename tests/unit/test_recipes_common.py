@@ -49,6 +49,27 @@ def test_step_plan_covers_each_example_once_per_epoch(n, batch_size, grad_accum)
     assert plan.total_steps(epochs=3, max_steps=7) == 7
 
 
+def test_grouped_step_plan_keeps_groups_together_and_covers_each_example_once():
+    keys = [k for k in "abcdefgh" for _ in range(3)] + ["i"]     # 8 prompts × 3 pairs, 1 × 1
+    groups = sft.group_indices(keys)
+    assert groups[0] == (0, 1, 2) and groups[-1] == (24,) and len(groups) == 9
+    plan = sft.StepPlan(len(keys), batch_size=6, grad_accum=1, seed=0, groups=groups)
+    orders = []
+    for epoch in range(2):
+        steps = range(epoch * plan.steps_per_epoch, (epoch + 1) * plan.steps_per_epoch)
+        order = [i for step in steps for rows in plan.micro_batches(step) for i in rows]
+        assert sorted(order) == list(range(len(keys)))
+        # each group is one contiguous run of the order
+        runs = [keys[i] for n, i in enumerate(order) if n == 0 or keys[order[n - 1]] != keys[i]]
+        assert sorted(runs) == sorted(set(keys))
+        orders.append(order)
+    assert orders[0] != orders[1]
+    # groups of one example shuffle exactly as the plain plan does
+    singles = sft.group_indices(list(range(10)))
+    assert (sft.StepPlan(10, 4, 1, 3, singles).micro_batches(1)
+            == sft.StepPlan(10, 4, 1, 3).micro_batches(1))
+
+
 def test_step_plan_by_hand():
     plan = sft.StepPlan(10, batch_size=4, grad_accum=2, seed=0)
     assert plan.steps_per_epoch == 2  # micro-batches 4, 4, 2 -> steps [4, 4], [2]

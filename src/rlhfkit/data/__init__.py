@@ -7,7 +7,8 @@
 """
 
 from rlhfkit.data.collate import (TokenizedPair, TokenizedSFT, collate_preferences,
-                                  collate_prompts, collate_sft, encode_prompt,
+                                  collate_prompts, collate_sft, collate_unique_responses,
+                                  encode_prompt,
                                   encode_response, tokenize_preferences, tokenize_prompts,
                                   tokenize_sft, truncate_left)
 from rlhfkit.data.formats import (PreferencePair, SFTExample, load_preferences, load_prompts,
@@ -21,5 +22,5 @@ __all__ = [
     "encode_prompt", "encode_response", "truncate_left",
     "tokenize_prompts", "collate_prompts",
     "TokenizedSFT", "tokenize_sft", "collate_sft",
-    "TokenizedPair", "tokenize_preferences", "collate_preferences",
+    "TokenizedPair", "tokenize_preferences", "collate_preferences", "collate_unique_responses",
 ]

@@ -16,7 +16,8 @@ keeping a leading BOS; only if the response alone is too long is it cut on the r
 
     collate_prompts       LEFT-padded: generation appends on the right, and position ids
                           from the mask make padding invisible (N implementation detail)
-    collate_sft / _preferences  RIGHT-padded: plain default positions are right, and the
+    collate_sft / _preferences / _unique_responses
+                          RIGHT-padded: plain default positions are right, and the
                           last real token (where a reward model reads its score) is at
                           attention_mask.sum(-1) - 1
 """
@@ -239,3 +240,38 @@ def collate_preferences(items: list[TokenizedPair],
     batch["margin"] = (None if all(m is None for m in margins) else
                        torch.tensor([0.0 if m is None else m for m in margins]))
     return batch
+
+
+def collate_unique_responses(items: list[TokenizedPair],
+                             pad_token_id: int) -> dict[str, torch.Tensor | None]:
+    """The DISTINCT rows of a batch of pairs, RIGHT-padded to one length L, and which of
+    them each pair's chosen and rejected rows are.
+
+    K responses to one prompt make K(K-1)/2 pairs, yet only K rows to score: InstructGPT
+    (Ouyang et al. 2022, §3.5) scores each response once and takes the loss over every
+    pair of them, K forward passes instead of K(K-1). A row's score does not depend on the
+    batch it is in, so scoring it once and reading it twice changes no result.
+
+        pairs (a>b) (a>c) (c>b)  ->  input_ids [a, b, c]   chosen_index  [0, 0, 2]
+                                                           rejected_index [1, 2, 1]
+
+    Returns input_ids (U, L), attention_mask (U, L), chosen_index (B,), rejected_index (B,)
+    (long, into the U <= 2B rows), and margin (B,) as in `collate_preferences`.
+    """
+    if not items:
+        raise ValueError("collate_unique_responses: empty batch")
+    index: dict[tuple[int, ...], int] = {}
+    for item in items:
+        for ids in (item.chosen_input_ids, item.rejected_input_ids):
+            index.setdefault(tuple(ids), len(index))
+    rows = [list(ids) for ids in index]
+    length = max(len(r) for r in rows)
+    margins = [item.margin for item in items]
+    return {
+        "input_ids": _pad(rows, pad_token_id, length, left=False),
+        "attention_mask": _pad([[1] * len(r) for r in rows], 0, length, left=False),
+        "chosen_index": torch.tensor([index[tuple(i.chosen_input_ids)] for i in items]),
+        "rejected_index": torch.tensor([index[tuple(i.rejected_input_ids)] for i in items]),
+        "margin": (None if all(m is None for m in margins) else
+                   torch.tensor([0.0 if m is None else m for m in margins])),
+    }

@@ -19,9 +19,12 @@ One run, top to bottom (`train`):
     2. run folder  config.yaml, log.txt, metrics.jsonl; or the last checkpoint to resume
     3. model       init_reward_model(backbone): trunk + head drawn with std 1/sqrt(H+1)
     4. optimizer   AdamW, warmup then linear/cosine decay
-    5. train       per micro-batch: chosen and rejected rows in ONE forward pass
-                   (concatenated along the batch: both see the same weights and the same
-                   padding), the loss of the pair mean weighted by its share of the step
+    5. train       per micro-batch: its distinct chosen and rejected rows in ONE forward
+                   pass (both see the same weights and the same padding; a response in
+                   several pairs is scored once), the loss of the pair mean weighted by its
+                   share of the step. The pairs of one prompt stay together in the data
+                   order (group_by_prompt), so K responses ranked by a labeler cost K rows,
+                   not K(K-1) (InstructGPT §3.5)
     6. evaluate    held-out accuracy, loss, mean margin r_c − r_r, mean/std of chosen and
                    rejected scores: before training, every eval_every steps, at the end
     7. checkpoint  every save_every steps, atomically, with optimizer/scheduler/RNG state
@@ -48,7 +51,7 @@ import torch
 from rlhfkit import distributed
 from rlhfkit.config import REQUIRED, option
 from rlhfkit.core import reward_model_loss
-from rlhfkit.data import collate_preferences, load_preferences, tokenize_preferences
+from rlhfkit.data import collate_unique_responses, load_preferences, tokenize_preferences
 from rlhfkit.errors import ConfigError
 from rlhfkit.metrics import MetricsLogger
 from rlhfkit.models import (get_score_stats, init_reward_model, load_reward_model,
@@ -57,9 +60,9 @@ from rlhfkit.models.lora import LoraConfig
 from rlhfkit.recipes.common import (ComputeConfig, OptimConfig, autocast, describe_config,
                                     fit_context, model_context, out_of_memory_hint,
                                     seed_everything, setup_logging, start_world, use_bf16)
-from rlhfkit.recipes.sft import (DTYPES, TrainLogConfig, guarded_step, load_splits, open_run,
-                                 prepare_model, save_final, to_device, training_state,
-                                 with_lora, write_checkpoint)
+from rlhfkit.recipes.sft import (DTYPES, TrainLogConfig, group_indices, guarded_step,
+                                 load_splits, open_run, prepare_model, save_final, to_device,
+                                 training_state, with_lora, write_checkpoint)
 
 log = logging.getLogger("rlhfkit")
 
@@ -93,6 +96,10 @@ class RewardModelConfig:
                                 "(gradient accumulation; each of W processes runs "
                                 "grad_accum / W)", gt=0)
     epochs: int = option(1, "passes over the training pairs", gt=0)
+    group_by_prompt: bool = option(True, "shuffle prompts, not pairs: a prompt's pairs stay "
+                                         "together, so a micro-batch scores each of its "
+                                         "responses once (K ranked responses: K rows instead "
+                                         "of K(K-1), as InstructGPT)")
     max_steps: int | None = option(None, "optimizer steps in all; overrides epochs", gt=0)
     stop_after: int | None = option(None, "end this session once the run has done this "
                                           "many optimizer steps in all (a checkpoint is written; "
@@ -127,16 +134,14 @@ class RewardModelConfig:
 # ---------------------------------------------------------------------------- scoring
 
 def score_pairs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores of the chosen and of the rejected rows, in one forward pass.
+    """Scores of the chosen and of the rejected rows, in one forward pass over the batch's
+    distinct rows (`collate_unique_responses`).
 
-    Shapes: {chosen,rejected}_{input_ids,attention_mask} (B, L) -> rows (2B, L) -> scores
-    (2B,) -> chosen (B,), rejected (B,). `collate_preferences` pads both halves to one L.
+    Shapes: input_ids, attention_mask (U, L) -> scores (U,) -> chosen (B,), rejected (B,)
+    through chosen_index, rejected_index (B,); U <= 2B.
     """
-    input_ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])       # (2B, L)
-    mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])  # (2B, L)
-    scores = score_sequences(model, input_ids, mask)                                      # (2B,)
-    chosen, rejected = scores.chunk(2)
-    return chosen, rejected
+    scores = score_sequences(model, batch["input_ids"], batch["attention_mask"])  # (U,)
+    return scores[batch["chosen_index"]], scores[batch["rejected_index"]]
 
 
 def reward_step(model, items, micro_batches: list[list[int]], local: list[list[int]],
@@ -149,7 +154,7 @@ def reward_step(model, items, micro_batches: list[list[int]], local: list[list[i
     n_pairs = sum(len(rows) for rows in micro_batches)
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
     for rows in local:
-        batch = to_device(collate_preferences([items[i] for i in rows], pad_id), device)
+        batch = to_device(collate_unique_responses([items[i] for i in rows], pad_id), device)
         with autocast(bf16, device):
             chosen, rejected = score_pairs(model, batch)
         loss, stats = reward_model_loss(chosen, rejected, batch["margin"], center_coef)
@@ -172,7 +177,8 @@ def score_all(model, items, batch_size: int, pad_id: int, device):
     items = items[world.rank::world.world_size]
     chosen, rejected, margins = [torch.zeros(0)], [torch.zeros(0)], [torch.zeros(0)]
     for start in range(0, len(items), batch_size):
-        batch = to_device(collate_preferences(items[start:start + batch_size], pad_id), device)
+        batch = to_device(collate_unique_responses(items[start:start + batch_size], pad_id),
+                          device)
         c, r = score_pairs(model, batch)
         chosen.append(c.float().cpu())
         rejected.append(r.float().cpu())
@@ -266,8 +272,9 @@ def train(cfg: RewardModelConfig) -> RewardRun:
     prepare_model(model, cfg, device)
 
     # 4. optimizer and schedule over every optimizer step of the run
+    groups = group_indices([pair.prompt for pair in train_pairs]) if cfg.group_by_prompt else None
     plan, optimizer, scheduler, step, guard, total_steps, stop_at = training_state(
-        cfg, model, len(train_items), run_dir, resume_from, "the reward model")
+        cfg, model, len(train_items), run_dir, resume_from, "the reward model", groups)
     memory = (f"batch_size (now {cfg.batch_size} pairs = {2 * cfg.batch_size} rows; raise "
               f"grad_accum to keep the pairs per step) or max_length (now {max_length})")
     log.info("%d optimizer steps (%d per epoch) of up to %d pairs (%d × %d)", total_steps,

@@ -168,9 +168,24 @@ def load_splits(load, cfg, tokenizer) -> tuple[list, list]:
 
 
 @functools.lru_cache(maxsize=2)
-def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
-    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1000 * epoch))
-                 .tolist())
+def _epoch_order(n: int, seed: int, epoch: int,
+                 groups: tuple[tuple[int, ...], ...] | None = None) -> tuple[int, ...]:
+    """A seeded shuffle of the n examples; with `groups`, a shuffle of the groups, each
+    group's examples kept together in their own order."""
+    generator = torch.Generator().manual_seed(seed + 1000 * epoch)
+    if groups is None:
+        return tuple(torch.randperm(n, generator=generator).tolist())
+    return tuple(i for g in torch.randperm(len(groups), generator=generator).tolist()
+                 for i in groups[g])
+
+
+def group_indices(keys: list) -> tuple[tuple[int, ...], ...]:
+    """The indices of equal keys, grouped in order of first appearance:
+    ["p", "q", "p"] -> ((0, 2), (1,))."""
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return tuple(tuple(members) for members in groups.values())
 
 
 @dataclass(frozen=True)
@@ -183,6 +198,10 @@ class StepPlan:
         epoch 0 order   7 2 9 0 | 4 1 8 6 | 3 5        n=10, batch_size=4, grad_accum=2
         steps           [  step 0: 2 micro  ] [ step 1 ]
 
+    With `groups` (tuples of example indices that partition 0..n-1) the shuffle moves whole
+    groups, so a group's examples stay next to each other (and mostly in one micro-batch):
+    the reward model's pairs of one prompt, whose responses it then scores once.
+
     The examples of step s are a pure function of (seed, s), so a resumed run needs no
     data-loader state.
     """
@@ -190,6 +209,7 @@ class StepPlan:
     batch_size: int
     grad_accum: int
     seed: int
+    groups: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -205,7 +225,7 @@ class StepPlan:
     def micro_batches(self, step: int) -> list[list[int]]:
         """Example indices of each micro-batch of optimizer step `step` (0-based)."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        order = _epoch_order(self.n, self.seed, epoch)
+        order = _epoch_order(self.n, self.seed, epoch, self.groups)
         per_step = self.batch_size * self.grad_accum
         rows = list(order[k * per_step:(k + 1) * per_step])
         return [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
@@ -334,18 +354,18 @@ def guarded_step(model, optimizer, scheduler, max_grad_norm: float | None, loss:
 
 
 def training_state(cfg, model, n_items: int, run_dir: Path, resume_from: Path | None,
-                   what: str):
+                   what: str, groups: tuple[tuple[int, ...], ...] | None = None):
     """What the SFT and reward-model loops share: the step plan, AdamW and its schedule over
     every optimizer step of the run, restored from `resume_from` when resuming, and the guard
-    against non-finite steps. Returns (plan, optimizer, scheduler, step, guard, total_steps,
-    stop_at)."""
+    against non-finite steps (`groups`: examples kept together, see StepPlan). Returns
+    (plan, optimizer, scheduler, step, guard, total_steps, stop_at)."""
     world = distributed.world()
     if cfg.grad_accum % world.world_size:
         raise ConfigError(f"grad_accum: {cfg.grad_accum} micro-batches per step do not divide "
                           f"over {world.world_size} processes; use a multiple of "
                           f"{world.world_size} (the examples per step, batch_size × grad_accum, "
                           "stay the same on any number of processes)")
-    plan = StepPlan(n_items, cfg.batch_size, cfg.grad_accum, cfg.seed)
+    plan = StepPlan(n_items, cfg.batch_size, cfg.grad_accum, cfg.seed, groups)
     total_steps = plan.total_steps(cfg.epochs, cfg.max_steps)
     params = trainable_parameters(model)
     optimizer = make_optimizer([{"params": params}], cfg.optim)
