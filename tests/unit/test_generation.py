@@ -81,14 +81,18 @@ def test_a_model_in_training_mode_is_refused(tiny_gpt2_dir):
         sample_responses(model, *encode(tok, ["a dog"]), Sampling(), tok.eos_token_id, tok.pad_token_id)
 
 
-def test_exponential_race_draws_from_the_softmax():
+def test_inverse_cdf_sampling_draws_from_the_softmax():
     from rlhfkit.generation import sample_tokens
-    logits = torch.tensor([[0.0, 1.0, 2.0, float("-inf")]]).expand(200_000, 4)
+    inf = float("-inf")
+    logits = torch.tensor([[inf, 0.0, 1.0, inf, 2.0, inf]]).expand(200_000, 6)
     tokens = sample_tokens(logits, torch.Generator().manual_seed(0))
-    freq = torch.bincount(tokens, minlength=4).double() / len(tokens)
+    freq = torch.bincount(tokens, minlength=6).double() / len(tokens)
     expected = torch.softmax(logits[0].double(), -1)
-    assert freq[3] == 0  # a filtered token is never drawn
+    assert freq[0] == freq[3] == freq[5] == 0  # a filtered token is never drawn, first or last
     assert torch.allclose(freq, expected, atol=4e-3)
+    # one token left: drawn every time, whatever u is
+    only = torch.full((1000, 6), inf).index_fill_(1, torch.tensor([2]), 0.0)
+    assert (sample_tokens(only, torch.Generator().manual_seed(1)) == 2).all()
 
 
 def test_a_shard_of_rows_samples_what_the_whole_batch_samples(model_and_tokenizer):
