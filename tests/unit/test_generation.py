@@ -107,3 +107,35 @@ def test_a_shard_of_rows_samples_what_the_whole_batch_samples(model_and_tokenize
     first = run(prompts[:2], row_offset=0, total_rows=4)
     second = run(prompts[2:], row_offset=2, total_rows=4)
     assert torch.equal(torch.cat([first, second]), whole)
+
+
+def test_rows_that_stopped_leave_the_batch_and_every_row_keeps_its_own_tokens(
+        model_and_tokenizer):
+    """Sampling with a stop token: rows that emitted it are dropped from the forward passes
+    (the batch shrinks), yet each row's tokens are those it gets when sampled alone."""
+    model, tok = model_and_tokenizer
+    prompts = ["the cat likes", "a dog", "What is 12 + 30? The answer", "a cat", "the dog",
+               "my friend", "an old song", "the sea"]
+    sampling = Sampling(max_new_tokens=12, temperature=1.0)
+    free = sample_responses(model, *encode(tok, prompts), sampling, -1, tok.pad_token_id,
+                            torch.Generator().manual_seed(1))[0]
+    # the stop token: the one most rows draw within 6 steps, so rows stop at different times
+    stop = max(set(free[:, :6].flatten().tolist()),
+               key=lambda v: int((free[:, :6] == v).any(-1).sum()))
+    sizes = []
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        whole, whole_mask, whole_eos = sample_responses(
+            model, *encode(tok, prompts), sampling, stop, tok.pad_token_id,
+            torch.Generator().manual_seed(1))
+    finally:
+        hook.remove()
+    assert sizes[0] == 8 and min(sizes) < 8 and sizes == sorted(sizes, reverse=True)
+    for i, prompt in enumerate(prompts):
+        alone, alone_mask, alone_eos = sample_responses(
+            model, *encode(tok, [prompt]), sampling, stop, tok.pad_token_id,
+            torch.Generator().manual_seed(1), row_offset=i, total_rows=8)
+        n = int(alone_mask.sum())
+        assert int(whole_mask[i].sum()) == n and bool(whole_eos[i]) == bool(alone_eos[0])
+        assert torch.equal(whole[i, :n], alone[0, :n]), prompt
