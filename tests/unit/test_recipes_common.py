@@ -68,6 +68,10 @@ def test_grouped_step_plan_keeps_groups_together_and_covers_each_example_once():
     singles = sft.group_indices(list(range(10)))
     assert (sft.StepPlan(10, 4, 1, 3, singles).micro_batches(1)
             == sft.StepPlan(10, 4, 1, 3).micro_batches(1))
+    # one group of everything (every row has the same prompt) is still shuffled, per epoch
+    one = sft.StepPlan(20, 20, 1, 0, sft.group_indices([""] * 20))
+    first, second = one.micro_batches(0)[0], one.micro_batches(1)[0]
+    assert sorted(first) == list(range(20)) and first != list(range(20)) and first != second
 
 
 def test_step_plan_by_hand():

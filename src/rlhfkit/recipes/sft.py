@@ -171,12 +171,17 @@ def load_splits(load, cfg, tokenizer) -> tuple[list, list]:
 def _epoch_order(n: int, seed: int, epoch: int,
                  groups: tuple[tuple[int, ...], ...] | None = None) -> tuple[int, ...]:
     """A seeded shuffle of the n examples; with `groups`, a shuffle of the groups, each
-    group's examples kept together in their own order."""
+    group's examples kept together and shuffled among themselves (so data whose rows all
+    share one prompt is still shuffled)."""
     generator = torch.Generator().manual_seed(seed + 1000 * epoch)
     if groups is None:
         return tuple(torch.randperm(n, generator=generator).tolist())
-    return tuple(i for g in torch.randperm(len(groups), generator=generator).tolist()
-                 for i in groups[g])
+    order = []
+    for g in torch.randperm(len(groups), generator=generator).tolist():
+        members = groups[g]
+        order += members if len(members) == 1 else [
+            members[j] for j in torch.randperm(len(members), generator=generator).tolist()]
+    return tuple(order)
 
 
 def group_indices(keys: list) -> tuple[tuple[int, ...], ...]:
@@ -200,7 +205,8 @@ class StepPlan:
 
     With `groups` (tuples of example indices that partition 0..n-1) the shuffle moves whole
     groups, so a group's examples stay next to each other (and mostly in one micro-batch):
-    the reward model's pairs of one prompt, whose responses it then scores once.
+    the reward model's pairs of one prompt, whose responses it then scores once. Within a
+    group the examples are shuffled too.
 
     The examples of step s are a pure function of (seed, s), so a resumed run needs no
     data-loader state.
