@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlhfkit.data import (PreferencePair, SFTExample, TokenizedPair, collate_preferences,
-                          collate_unique_responses,
+                          collate_unique_responses, response_groups,
                           collate_prompts, collate_sft, encode_prompt, encode_response,
                           load_preferences, load_prompts, load_sft, read_rows,
                           split_shared_prompt, tokenize_preferences, tokenize_prompts,
@@ -412,6 +412,20 @@ def test_unique_responses_score_each_row_once_and_index_every_pair_by_hand():
     lone = collate_unique_responses([TokenizedPair(a, b), TokenizedPair(c, [1, 9, 2])], 0)
     assert lone["chosen_index"].tolist() == [0, 2] and lone["rejected_index"].tolist() == [1, 3]
     assert lone["margin"] is None
+
+
+def test_response_groups_join_pairs_that_share_a_row_by_hand():
+    a, b, c, d, e, f = ([1, 5, v, 2] for v in range(10, 16))
+    items = [TokenizedPair(a, b), TokenizedPair(d, e), TokenizedPair(a, c),
+             TokenizedPair(c, f), TokenizedPair([1, 6, 10, 2], b)]  # last: another prompt
+    # (a>b) (a>c) (c>f) share rows; (d>e) shares none; the last shares b with the first
+    assert response_groups(items) == ((0, 2, 3, 4), (1,))
+    assert response_groups(items[1:2] + items[3:4]) == ((0,), (1,))
+    # a labeler's K = 4 responses to a prompt: all 6 pairs form one group, twice over
+    rows = [[1, 7, v, 2] for v in range(4)] + [[1, 8, v, 2] for v in range(4)]
+    pairs = [TokenizedPair(rows[o + i], rows[o + j]) for o in (0, 4)
+             for i in range(4) for j in range(i + 1, 4)]
+    assert response_groups(pairs) == (tuple(range(6)), tuple(range(6, 12)))
 
 
 def test_long_pair_cuts_one_shared_prompt_and_keeps_both_responses(tiny_tokenizer):

@@ -49,9 +49,17 @@ def test_step_plan_covers_each_example_once_per_epoch(n, batch_size, grad_accum)
     assert plan.total_steps(epochs=3, max_steps=7) == 7
 
 
+def groups_of(keys: list) -> tuple[tuple[int, ...], ...]:
+    """Indices of equal keys, in order of first appearance: "pqp" -> ((0, 2), (1,))."""
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return tuple(map(tuple, groups.values()))
+
+
 def test_grouped_step_plan_keeps_groups_together_and_covers_each_example_once():
-    keys = [k for k in "abcdefgh" for _ in range(3)] + ["i"]     # 8 prompts × 3 pairs, 1 × 1
-    groups = sft.group_indices(keys)
+    keys = [k for k in "abcdefgh" for _ in range(3)] + ["i"]     # 8 groups of 3, 1 of 1
+    groups = groups_of(keys)
     assert groups[0] == (0, 1, 2) and groups[-1] == (24,) and len(groups) == 9
     plan = sft.StepPlan(len(keys), batch_size=6, grad_accum=1, seed=0, groups=groups)
     orders = []
@@ -65,11 +73,11 @@ def test_grouped_step_plan_keeps_groups_together_and_covers_each_example_once():
         orders.append(order)
     assert orders[0] != orders[1]
     # groups of one example shuffle exactly as the plain plan does
-    singles = sft.group_indices(list(range(10)))
+    singles = groups_of(list(range(10)))
     assert (sft.StepPlan(10, 4, 1, 3, singles).micro_batches(1)
             == sft.StepPlan(10, 4, 1, 3).micro_batches(1))
-    # one group of everything (every row has the same prompt) is still shuffled, per epoch
-    one = sft.StepPlan(20, 20, 1, 0, sft.group_indices([""] * 20))
+    # one group of everything (every pair shares one response) is still shuffled, per epoch
+    one = sft.StepPlan(20, 20, 1, 0, groups_of([""] * 20))
     first, second = one.micro_batches(0)[0], one.micro_batches(1)[0]
     assert sorted(first) == list(range(20)) and first != list(range(20)) and first != second
 

@@ -8,8 +8,8 @@
 
 from rlhfkit.data.collate import (TokenizedPair, TokenizedSFT, collate_preferences,
                                   collate_prompts, collate_sft, collate_unique_responses,
-                                  encode_prompt,
-                                  encode_response, tokenize_preferences, tokenize_prompts,
+                                  encode_prompt, encode_response, response_groups,
+                                  tokenize_preferences, tokenize_prompts,
                                   tokenize_sft, truncate_left)
 from rlhfkit.data.formats import (PreferencePair, SFTExample, load_preferences, load_prompts,
                                   load_sft, split_shared_prompt)
@@ -23,4 +23,5 @@ __all__ = [
     "tokenize_prompts", "collate_prompts",
     "TokenizedSFT", "tokenize_sft", "collate_sft",
     "TokenizedPair", "tokenize_preferences", "collate_preferences", "collate_unique_responses",
+    "response_groups",
 ]

@@ -242,6 +242,33 @@ def collate_preferences(items: list[TokenizedPair],
     return batch
 
 
+def response_groups(items: list[TokenizedPair]) -> tuple[tuple[int, ...], ...]:
+    """The pairs joined by shared rows: i and j are in one group when they share a
+    prompt + response row, directly or through other pairs (connected components, by
+    union-find). The K(K-1)/2 pairs of K responses a labeler ranked for one prompt form
+    one group; a pair that shares nothing is a group of its own. Groups are listed in
+    order of their first pair, each in index order:
+
+        pairs (a>b) (d>e) (a>c) (c>f)  ->  ((0, 2, 3), (1,))
+    """
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]   # path halving
+            i = parent[i]
+        return i
+    first_pair_of_row: dict[tuple[int, ...], int] = {}
+    for i, item in enumerate(items):
+        for ids in (item.chosen_input_ids, item.rejected_input_ids):
+            a, b = root(i), root(first_pair_of_row.setdefault(tuple(ids), i))
+            parent[max(a, b)] = min(a, b)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(items)):
+        groups.setdefault(root(i), []).append(i)
+    return tuple(tuple(members) for members in groups.values())
+
+
 def collate_unique_responses(items: list[TokenizedPair],
                              pad_token_id: int) -> dict[str, torch.Tensor | None]:
     """The DISTINCT rows of a batch of pairs, RIGHT-padded to one length L, and which of

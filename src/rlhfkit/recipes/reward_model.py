@@ -22,9 +22,9 @@ One run, top to bottom (`train`):
     5. train       per micro-batch: its distinct chosen and rejected rows in ONE forward
                    pass (both see the same weights and the same padding; a response in
                    several pairs is scored once), the loss of the pair mean weighted by its
-                   share of the step. The pairs of one prompt stay together in the data
-                   order (group_by_prompt), so K responses ranked by a labeler cost K rows,
-                   not K(K-1) (InstructGPT §3.5)
+                   share of the step. Pairs that share a response stay together in the
+                   data order (group_shared_responses), so K responses ranked by a labeler
+                   cost K rows, not K(K-1) (InstructGPT §3.5)
     6. evaluate    held-out accuracy, loss, mean margin r_c − r_r, mean/std of chosen and
                    rejected scores: before training, every eval_every steps, at the end
     7. checkpoint  every save_every steps, atomically, with optimizer/scheduler/RNG state
@@ -51,7 +51,8 @@ import torch
 from rlhfkit import distributed
 from rlhfkit.config import REQUIRED, option
 from rlhfkit.core import reward_model_loss
-from rlhfkit.data import collate_unique_responses, load_preferences, tokenize_preferences
+from rlhfkit.data import (collate_unique_responses, load_preferences, response_groups,
+                          tokenize_preferences)
 from rlhfkit.errors import ConfigError
 from rlhfkit.metrics import MetricsLogger
 from rlhfkit.models import (get_score_stats, init_reward_model, load_reward_model,
@@ -60,9 +61,9 @@ from rlhfkit.models.lora import LoraConfig
 from rlhfkit.recipes.common import (ComputeConfig, OptimConfig, autocast, describe_config,
                                     fit_context, model_context, out_of_memory_hint,
                                     seed_everything, setup_logging, start_world, use_bf16)
-from rlhfkit.recipes.sft import (DTYPES, TrainLogConfig, group_indices, guarded_step,
-                                 load_splits, open_run, prepare_model, save_final, to_device,
-                                 training_state, with_lora, write_checkpoint)
+from rlhfkit.recipes.sft import (DTYPES, TrainLogConfig, guarded_step, load_splits, open_run,
+                                 prepare_model, save_final, to_device, training_state,
+                                 with_lora, write_checkpoint)
 
 log = logging.getLogger("rlhfkit")
 
@@ -96,10 +97,10 @@ class RewardModelConfig:
                                 "(gradient accumulation; each of W processes runs "
                                 "grad_accum / W)", gt=0)
     epochs: int = option(1, "passes over the training pairs", gt=0)
-    group_by_prompt: bool = option(True, "shuffle prompts, not pairs: a prompt's pairs stay "
-                                         "together, so a micro-batch scores each of its "
-                                         "responses once (K ranked responses: K rows instead "
-                                         "of K(K-1), as InstructGPT)")
+    group_shared_responses: bool = option(True, "shuffle groups of pairs that share a response, "
+                                                "not single pairs, so a micro-batch scores each "
+                                                "response once (K responses ranked for a prompt: "
+                                                "K rows instead of K(K-1), as InstructGPT)")
     max_steps: int | None = option(None, "optimizer steps in all; overrides epochs", gt=0)
     stop_after: int | None = option(None, "end this session once the run has done this "
                                           "many optimizer steps in all (a checkpoint is written; "
@@ -272,7 +273,7 @@ def train(cfg: RewardModelConfig) -> RewardRun:
     prepare_model(model, cfg, device)
 
     # 4. optimizer and schedule over every optimizer step of the run
-    groups = group_indices([pair.prompt for pair in train_pairs]) if cfg.group_by_prompt else None
+    groups = response_groups(train_items) if cfg.group_shared_responses else None
     plan, optimizer, scheduler, step, guard, total_steps, stop_at = training_state(
         cfg, model, len(train_items), run_dir, resume_from, "the reward model", groups)
     memory = (f"batch_size (now {cfg.batch_size} pairs = {2 * cfg.batch_size} rows; raise "

@@ -184,15 +184,6 @@ def _epoch_order(n: int, seed: int, epoch: int,
     return tuple(order)
 
 
-def group_indices(keys: list) -> tuple[tuple[int, ...], ...]:
-    """The indices of equal keys, grouped in order of first appearance:
-    ["p", "q", "p"] -> ((0, 2), (1,))."""
-    groups: dict = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    return tuple(tuple(members) for members in groups.values())
-
-
 @dataclass(frozen=True)
 class StepPlan:
     """Which training examples each optimizer step uses.
@@ -205,7 +196,7 @@ class StepPlan:
 
     With `groups` (tuples of example indices that partition 0..n-1) the shuffle moves whole
     groups, so a group's examples stay next to each other (and mostly in one micro-batch):
-    the reward model's pairs of one prompt, whose responses it then scores once. Within a
+    the reward model's pairs that share responses, which it then scores once. Within a
     group the examples are shuffled too.
 
     The examples of step s are a pure function of (seed, s), so a resumed run needs no
