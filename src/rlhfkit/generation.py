@@ -125,7 +125,7 @@ def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     check_every = 1 if device.type == "cpu" else 8
     for t in range(steps):
         token = next_token(out.logits[:, -1], sampling, generator, row_offset,
-                           total_rows or batch, live if len(live) < batch else None)
+                           total_rows or batch, live)
         if eos_token_id >= 0:
             token.masked_fill_(finished[live], pad_token_id)
             finished[live] |= token == eos_token_id

@@ -171,8 +171,8 @@ def load_splits(load, cfg, tokenizer) -> tuple[list, list]:
 def _epoch_order(n: int, seed: int, epoch: int,
                  groups: tuple[tuple[int, ...], ...] | None = None) -> tuple[int, ...]:
     """A seeded shuffle of the n examples; with `groups`, a shuffle of the groups, each
-    group's examples kept together and shuffled among themselves (so data whose rows all
-    share one prompt is still shuffled)."""
+    group's examples kept together and shuffled among themselves (so data that is one big
+    group is still shuffled)."""
     generator = torch.Generator().manual_seed(seed + 1000 * epoch)
     if groups is None:
         return tuple(torch.randperm(n, generator=generator).tolist())
