@@ -356,7 +356,7 @@ def reward_model_gold_accuracy(task, out: Path, prompts: list[str], sft, tok, si
     """Share of held-out response pairs the reward model orders as the gold score does
     (pairs the gold scores as ties are left out): two responses for each prompt, four
     times over, so the figure rests on about a thousand pairs."""
-    from rlhfkit.data import collate_prompts, encode_prompt, encode_response
+    from rlhfkit.data import collate_prompts, encode_prompts, encode_responses
     from rlhfkit.generation import Sampling, generate_texts
     from rlhfkit.models import load_reward_model, score_sequences
     rm, rm_tok = load_reward_model(out / "reward" / "model")
@@ -368,7 +368,8 @@ def reward_model_gold_accuracy(task, out: Path, prompts: list[str], sft, tok, si
     b, _ = generate_texts(sft, tok, prompts, sampling, gen)
 
     def scores(responses):
-        rows = [encode_prompt(p, rm_tok) + encode_response(r, rm_tok) for p, r in zip(prompts, responses)]
+        rows = [p + r for p, r in zip(encode_prompts(prompts, rm_tok),
+                                      encode_responses(responses, rm_tok))]
         batch = collate_prompts(rows, rm_tok.pad_token_id)
         return score_sequences(rm, batch["input_ids"], batch["attention_mask"])
     rm_a, rm_b = scores(a), scores(b)

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from rlhfkit.data.collate import collate_prompts, encode_prompt, encode_response
+from rlhfkit.data.collate import collate_prompts, encode_prompts, encode_responses
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models import get_score_stats, load_reward_model, score_sequences
 
@@ -69,10 +69,10 @@ class RewardModelScorer:
         if self.reuse_ids:
             return (torch.cat([req.prompt_ids, req.response_ids], 1),
                     torch.cat([req.prompt_mask, req.response_mask], 1))
-        rows = []
-        for prompt, response, stopped in zip(req.prompts, req.responses, req.has_eos.tolist()):
-            ids = encode_prompt(prompt, self.tokenizer) + encode_response(response, self.tokenizer)
-            rows.append(ids if stopped else ids[:-1])  # no EOS on a truncated response
+        prompts = encode_prompts(req.prompts, self.tokenizer)
+        responses = encode_responses(req.responses, self.tokenizer)
+        rows = [p + (r if stopped else r[:-1])  # no EOS on a truncated response
+                for p, r, stopped in zip(prompts, responses, req.has_eos.tolist())]
         batch = collate_prompts(rows, self.tokenizer.pad_token_id)
         return batch["input_ids"], batch["attention_mask"]
 

@@ -19,9 +19,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlhfkit.data import (PreferencePair, SFTExample, TokenizedPair, collate_preferences,
+from rlhfkit.data import (PreferencePair, SFTExample, TokenizedPair, TokenizedSFT,
+                          collate_packed_sft, collate_preferences, pack_rows,
                           collate_unique_responses, response_groups,
-                          collate_prompts, collate_sft, encode_prompt, encode_response,
+                          collate_prompts, collate_sft, encode_prompt, encode_prompts,
+                          encode_response, encode_responses, encode_texts,
                           load_preferences, load_prompts, load_sft, read_rows,
                           split_shared_prompt, tokenize_preferences, tokenize_prompts,
                           tokenize_sft)
@@ -338,6 +340,23 @@ def test_encode_prompt_does_not_double_a_bos_from_the_template(tiny_tokenizer):
     assert encode_prompt("<|bos|>hi", tiny_tokenizer) == encode_prompt("hi", tiny_tokenizer)
 
 
+def test_batched_encoding_equals_encoding_each_text_alone(tiny_tokenizer):
+    """encode_texts encodes each distinct text once in one batched call; the ids must be
+    those of encoding every text by itself, duplicates and the empty text included, and
+    rows that came from one distinct text must not share a list."""
+    texts = ["The film was good.", "", " spaced  out ", "The film was good.", "<|bos|>hi"]
+    alone = [tiny_tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    ids = encode_texts(texts, tiny_tokenizer)
+    assert ids == alone
+    ids[0].append(-1)
+    assert ids[3] == alone[3]
+    bos, eos = tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id
+    assert encode_prompts(texts, tiny_tokenizer) == [
+        a if a[:1] == [bos] else [bos] + a for a in alone]
+    assert encode_responses(texts, tiny_tokenizer) == [a + [eos] for a in alone]
+    assert encode_texts([], tiny_tokenizer) == []
+
+
 # ---------------------------------------------------------------------------- SFT: tokenize, pad
 
 def test_sft_loss_mask_covers_exactly_the_completion_and_eos(tiny_tokenizer):
@@ -357,6 +376,29 @@ def test_sft_loss_mask_covers_exactly_the_completion_and_eos(tiny_tokenizer):
     assert batch["loss_mask"][1].tolist()[:lengths[1]] == items[1].loss_mask
     assert batch["loss_mask"][1, lengths[1]:].sum() == 0
     assert batch["loss_mask"].sum() == sum(sum(item.loss_mask) for item in items)
+
+
+def test_pack_rows_is_first_fit_decreasing():
+    assert pack_rows([3, 5, 2, 4], 7) == [[1, 2], [3, 0]]
+    assert pack_rows([9, 1], 4) == [[0], [1]]          # too long: a row of its own
+    assert pack_rows([2, 2, 2], 6) == [[0, 1, 2]]       # ties keep their order
+    assert pack_rows([], 4) == []
+
+
+def test_packed_sft_rows_restart_positions_and_never_target_across_examples():
+    items = [TokenizedSFT([1, 2, 3, 4], [0, 0, 1, 1]), TokenizedSFT([5, 6], [0, 1]),
+             TokenizedSFT([7, 8], [1, 1])]        # an example with no prompt: all targets
+    batch = collate_packed_sft(items)
+    assert batch["attention_mask"] is None
+    # rows of the longest example's length: [items 0], [items 1 and 2]
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 0, 1]]
+    # token 7 (a target when alone) is no target here: token 6 of another example precedes it
+    assert batch["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 0, 1]]
+    tail = collate_packed_sft(items[1:], length=6)
+    assert tail["input_ids"].tolist() == [[5, 6, 7, 8, 5, 5]]    # the tail repeats token 0
+    assert tail["position_ids"].tolist() == [[0, 1, 0, 1, 0, 1]]  # a segment of its own
+    assert tail["loss_mask"].tolist() == [[0, 1, 0, 1, 0, 0]]
 
 
 def test_sft_eos_is_not_doubled_for_chat_completions(tiny_tokenizer):

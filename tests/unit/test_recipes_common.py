@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from rlhfkit.cli import commands
 from rlhfkit.config import check_config_class, load_config
-from rlhfkit.data import (PreferencePair, SFTExample, collate_sft, tokenize_preferences,
-                          tokenize_sft)
+from rlhfkit.data import (PreferencePair, SFTExample, collate_packed_sft, collate_sft,
+                          tokenize_preferences, tokenize_sft)
 from rlhfkit.errors import DataError
 from rlhfkit.models import disable_dropout, init_reward_model, load_policy
 from rlhfkit.models.tiny import ARCHS, SIZES
@@ -134,6 +134,44 @@ def grads(model) -> list[torch.Tensor]:
     out = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad(set_to_none=True)
     return out
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_packed_sft_step_gives_the_padded_loss_and_gradient(arch, tiny_gpt2_dir, tiny_llama_dir):
+    """Six examples of very different lengths, packed into fewer rows: position ids that
+    restart per example must keep each example to itself in attention (GPT-2's learned
+    positions, Llama's rotary ones), so loss and gradient are those of padding."""
+    model, tokenizer = load_policy(tiny_gpt2_dir if arch == "gpt2" else tiny_llama_dir)
+    disable_dropout(model)
+    examples = [SFTExample(f"Question {i}?", " ok" if i % 3 else " a much longer answer "
+                           "with many more tokens in it, and then some") for i in range(6)]
+    items, _ = tokenize_sft(examples, tokenizer, 64)
+    assert len(collate_packed_sft(items)["input_ids"]) < len(items)
+    everything = [list(range(6))]
+    loss_padded, count = sft.sft_step(model, items, everything, everything,
+                                      tokenizer.pad_token_id, "cpu")
+    padded = grads(model)
+    loss_packed, count_packed = sft.sft_step(model, items, everything, everything,
+                                             tokenizer.pad_token_id, "cpu", pack=True)
+    packed = grads(model)
+    assert count == count_packed
+    torch.testing.assert_close(loss_packed, loss_padded, atol=1e-6, rtol=1e-5)
+    for a, b in zip(padded, packed, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-4)
+    assert sft.packing_works(model, items, tokenizer.pad_token_id, "cpu")
+
+
+def test_packing_check_catches_a_model_that_carries_one_example_into_the_next(
+        tiny_tokenizer):
+    """A recurrent model (Mamba) reads the previous example's state: packing would change
+    its loss, and the check must say so (SFT then pads)."""
+    from transformers import MambaConfig, MambaForCausalLM
+    torch.manual_seed(0)
+    model = MambaForCausalLM(MambaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32,
+                                         state_size=4, num_hidden_layers=2)).eval()
+    examples = [SFTExample("A question?", " yes"), SFTExample("Another one?", " no")]
+    items, _ = tokenize_sft(examples, tiny_tokenizer, 64)
+    assert not sft.packing_works(model, items, tiny_tokenizer.pad_token_id, "cpu")
 
 
 def test_sft_gradient_accumulation_equals_one_big_batch(policy):

@@ -6,10 +6,11 @@
                  collate_* (left-padded prompts, right-padded training rows)
 """
 
-from rlhfkit.data.collate import (TokenizedPair, TokenizedSFT, collate_preferences,
-                                  collate_prompts, collate_sft, collate_unique_responses,
-                                  encode_prompt, encode_response, response_groups,
-                                  tokenize_preferences, tokenize_prompts,
+from rlhfkit.data.collate import (TokenizedPair, TokenizedSFT, collate_packed_sft,
+                                  collate_preferences, collate_prompts, collate_sft,
+                                  collate_unique_responses, encode_prompt, encode_prompts,
+                                  encode_response, encode_responses, encode_texts, pack_rows,
+                                  response_groups, tokenize_preferences, tokenize_prompts,
                                   tokenize_sft, truncate_left)
 from rlhfkit.data.formats import (PreferencePair, SFTExample, load_preferences, load_prompts,
                                   load_sft, split_shared_prompt)
@@ -19,9 +20,10 @@ __all__ = [
     "read_rows",
     "SFTExample", "PreferencePair", "load_prompts", "load_sft", "load_preferences",
     "split_shared_prompt",
-    "encode_prompt", "encode_response", "truncate_left",
+    "encode_texts", "encode_prompt", "encode_prompts", "encode_response", "encode_responses",
+    "truncate_left",
     "tokenize_prompts", "collate_prompts",
-    "TokenizedSFT", "tokenize_sft", "collate_sft",
+    "TokenizedSFT", "tokenize_sft", "collate_sft", "pack_rows", "collate_packed_sft",
     "TokenizedPair", "tokenize_preferences", "collate_preferences", "collate_unique_responses",
     "response_groups",
 ]

@@ -20,6 +20,8 @@ keeping a leading BOS; only if the response alone is too long is it cut on the r
                           RIGHT-padded: plain default positions are right, and the
                           last real token (where a reward model reads its score) is at
                           attention_mask.sum(-1) - 1
+    collate_packed_sft    several examples per row, kept apart by position ids that
+                          restart with each one (no attention mask): less padding
 """
 
 from __future__ import annotations
@@ -40,22 +42,39 @@ ON_LONG = ("truncate", "error")
 
 # ---------------------------------------------------------------------------- encoding
 
-def encode_prompt(text: str, tokenizer) -> list[int]:
-    """[BOS] + ids of `text` (BOS only when the tokenizer has one and `text` lacks it)."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
+def encode_texts(texts: list[str], tokenizer) -> list[list[int]]:
+    """ids of each text, nothing added; each distinct text is encoded once, all of them in
+    one batched call (a fast tokenizer encodes a batch in Rust; the K responses of a ranked
+    prompt share one prompt, and a response sits in K-1 pairs)."""
+    unique = list(dict.fromkeys(texts))
+    ids = tokenizer(unique, add_special_tokens=False)["input_ids"] if unique else []
+    lookup = dict(zip(unique, ids))
+    return [list(lookup[text]) for text in texts]
+
+
+def encode_prompts(texts: list[str], tokenizer) -> list[list[int]]:
+    """[BOS] + ids of each text (BOS only when the tokenizer has one and the text lacks it)."""
     bos = tokenizer.bos_token_id
-    if bos is not None and ids[:1] != [bos]:
-        ids = [bos] + ids
-    return ids
+    return [ids if bos is None or ids[:1] == [bos] else [bos] + ids
+            for ids in encode_texts(texts, tokenizer)]
 
 
-def encode_response(text: str, tokenizer) -> list[int]:
-    """ids of `text` + [EOS] (not doubled when `text` already ends with the EOS token)."""
+def encode_responses(texts: list[str], tokenizer) -> list[list[int]]:
+    """ids of each text + [EOS] (not doubled when the text already ends with the EOS token)."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ConfigError("tokenizer: it has no eos_token; rlhfkit needs one to end a response")
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return ids if ids[-1:] == [eos] else ids + [eos]
+    return [ids if ids[-1:] == [eos] else ids + [eos] for ids in encode_texts(texts, tokenizer)]
+
+
+def encode_prompt(text: str, tokenizer) -> list[int]:
+    """`encode_prompts` of one text."""
+    return encode_prompts([text], tokenizer)[0]
+
+
+def encode_response(text: str, tokenizer) -> list[int]:
+    """`encode_responses` of one text."""
+    return encode_responses([text], tokenizer)[0]
 
 
 def truncate_left(ids: list[int], max_len: int, bos_token_id: int | None) -> list[int]:
@@ -106,8 +125,7 @@ def tokenize_prompts(prompts: list[str], tokenizer, max_prompt_length: int,
         raise ConfigError(f"on_long: got {on_long!r}, expected one of {', '.join(ON_LONG)}")
     _check_length("max_prompt_length", max_prompt_length)
     token_lists, num_truncated = [], 0
-    for i, prompt in enumerate(prompts):
-        ids = encode_prompt(prompt, tokenizer)
+    for i, ids in enumerate(encode_prompts(prompts, tokenizer)):
         if not ids:
             raise DataError("prompts", None, None, f"prompt {i} encodes to no tokens")
         if len(ids) > max_prompt_length:
@@ -164,10 +182,11 @@ def tokenize_sft(examples: list[SFTExample], tokenizer,
     """[BOS] prompt | completion EOS, at most `max_length` tokens; (items, number truncated)."""
     _check_length("max_length", max_length)
     items, num_truncated = [], 0
-    for example in examples:
-        prompt, (completion,), cut = _fit(encode_prompt(example.prompt, tokenizer),
-                                          [encode_response(example.completion, tokenizer)],
-                                          max_length, tokenizer.bos_token_id)
+    prompts = encode_prompts([example.prompt for example in examples], tokenizer)
+    completions = encode_responses([example.completion for example in examples], tokenizer)
+    bos = tokenizer.bos_token_id
+    for prompt, completion in zip(prompts, completions):
+        prompt, (completion,), cut = _fit(prompt, [completion], max_length, bos)
         num_truncated += cut
         items.append(TokenizedSFT(prompt + completion, [0] * len(prompt) + [1] * len(completion)))
     _warn_truncated(num_truncated, len(examples), "SFT examples", f"max_length={max_length}")
@@ -185,6 +204,58 @@ def collate_sft(items: list[TokenizedSFT], pad_token_id: int) -> dict[str, torch
     loss_mask = _pad([item.loss_mask for item in items], 0, length, left=False)
     return dict(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask), loss_mask=loss_mask)
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of items grouped into rows of at most `capacity` tokens: first-fit
+    decreasing (longest item first, each into the first row it fits; an item longer than
+    `capacity` gets a row of its own). Rows come out in order of their first item.
+
+        pack_rows([3, 5, 2, 4], 7)  ->  [[1, 2], [3, 0]]
+    """
+    rows, room = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+def collate_packed_sft(items: list[TokenizedSFT], length: int | None = None) -> dict:
+    """Several examples per row (`pack_rows`) in rows of `length` tokens (default: the
+    longest example's, so no row is longer, and no attention wider, than when padded):
+    input_ids, position_ids, loss_mask (R, length), R <= B, and attention_mask None.
+
+    position_ids restart at 0 with each example; from them transformers' attention masks
+    (`masking_utils.find_packed_sequence_indices`) keep each example to its own tokens, as
+    if it were alone (a model without that support is caught by `sft.packing_works`). A
+    row's first target follows its first token, so an example's first token is no target
+    (nothing of *its* predicts it). The tail after a row's last example repeats that
+    row's first token: its own segment, never attended to and no target; not the pad id,
+    which makes transformers warn that a mask may be missing.
+    """
+    if not items:
+        raise ValueError("collate_packed_sft: empty batch")
+    length = length or max(len(item.input_ids) for item in items)
+    ids, positions, loss_mask = [], [], []
+    for row in pack_rows([len(item.input_ids) for item in items], length):
+        row_ids, row_pos, row_mask = [], [], []
+        for i in row:
+            n = len(items[i].input_ids)
+            row_ids += items[i].input_ids
+            row_pos += range(n)
+            row_mask += [0] + items[i].loss_mask[1:]
+        tail = length - len(row_ids)
+        ids.append(row_ids + [row_ids[0]] * tail)
+        positions.append(row_pos + list(range(tail)))
+        loss_mask.append(row_mask + [0] * tail)
+    return dict(input_ids=torch.tensor(ids), attention_mask=None,
+                position_ids=torch.tensor(positions), loss_mask=torch.tensor(loss_mask))
 
 
 # ---------------------------------------------------------------------------- preferences
@@ -206,11 +277,12 @@ def tokenize_preferences(pairs: list[PreferencePair], tokenizer,
     """
     _check_length("max_length", max_length)
     items, num_truncated = [], 0
-    for pair in pairs:
-        responses = [encode_response(pair.chosen, tokenizer),
-                     encode_response(pair.rejected, tokenizer)]
-        prompt, (chosen, rejected), cut = _fit(encode_prompt(pair.prompt, tokenizer),
-                                               responses, max_length, tokenizer.bos_token_id)
+    prompts = encode_prompts([pair.prompt for pair in pairs], tokenizer)
+    responses = encode_responses([r for pair in pairs for r in (pair.chosen, pair.rejected)],
+                                 tokenizer)
+    bos = tokenizer.bos_token_id
+    for pair, prompt, chosen, rejected in zip(pairs, prompts, responses[::2], responses[1::2]):
+        prompt, (chosen, rejected), cut = _fit(prompt, [chosen, rejected], max_length, bos)
         num_truncated += cut
         items.append(TokenizedPair(prompt + chosen, prompt + rejected, pair.margin))
     _warn_truncated(num_truncated, len(pairs), "preference pairs", f"max_length={max_length}")

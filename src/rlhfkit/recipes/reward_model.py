@@ -170,22 +170,28 @@ def reward_step(model, items, micro_batches: list[list[int]], local: list[list[i
 @torch.no_grad()
 def score_all(model, items, batch_size: int, pad_id: int, device):
     """Chosen scores (N,), rejected scores (N,) and margins (N,) or None, in eval mode. With
-    many processes each scores every W-th pair and all get every score (in rank order)."""
+    many processes each scores every W-th pair and all get every score (in rank order).
+    Pairs are batched in order of length, so a batch pads little (scores do not depend on
+    the padding), and returned in their own order."""
     was_training = model.training
     model.eval()
     has_margin = any(item.margin is not None for item in items)
     world = distributed.world()
     items = items[world.rank::world.world_size]
+    order = sorted(range(len(items)), key=lambda i: max(len(items[i].chosen_input_ids),
+                                                        len(items[i].rejected_input_ids)))
     chosen, rejected, margins = [torch.zeros(0)], [torch.zeros(0)], [torch.zeros(0)]
     for start in range(0, len(items), batch_size):
-        batch = to_device(collate_unique_responses(items[start:start + batch_size], pad_id),
-                          device)
+        batch = to_device(collate_unique_responses(
+            [items[i] for i in order[start:start + batch_size]], pad_id), device)
         c, r = score_pairs(model, batch)
         chosen.append(c.float().cpu())
         rejected.append(r.float().cpu())
         margins.append(torch.zeros(len(c)) if batch["margin"] is None else batch["margin"].cpu())
     model.train(was_training)
-    parts = distributed.all_gather_objects([torch.cat(x) for x in (chosen, rejected, margins)])
+    unsort = torch.argsort(torch.tensor(order, dtype=torch.long))
+    local = [torch.cat(x)[unsort] for x in (chosen, rejected, margins)]
+    parts = distributed.all_gather_objects(local)
     chosen, rejected, margins = (torch.cat([part[i] for part in parts]) for i in range(3))
     return chosen, rejected, margins if has_margin else None
 

@@ -58,7 +58,7 @@ from rlhfkit.checkpoint import (latest_checkpoint, list_checkpoints, load_traine
                                 save_checkpoint, save_trainer_state, write_folder)
 from rlhfkit.config import REQUIRED, assert_same_config, option
 from rlhfkit.core import logprobs_from_logits, masked_sum, reduce_loss
-from rlhfkit.data import collate_sft, load_sft, tokenize_sft
+from rlhfkit.data import collate_packed_sft, collate_sft, load_sft, tokenize_sft
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
 from rlhfkit.metrics import METRICS_FILE, MetricsLogger
 from rlhfkit.models import disable_dropout, load_causal_lm, load_tokenizer
@@ -118,6 +118,11 @@ class SFTConfig:
     grad_accum: int = option(1, "micro-batches per optimizer step, over all processes "
                                 "(gradient accumulation; each of W processes runs "
                                 "grad_accum / W)", gt=0)
+    packing: bool = option(True, "put several short examples in one row as long as the "
+                                 "micro-batch's longest, each attending only to itself "
+                                 "(position ids restart per example): the same loss with less "
+                                 "padding; falls back to padding for a model whose attention "
+                                 "cannot keep packed examples apart")
     epochs: int = option(1, "passes over the training data", gt=0)
     max_steps: int | None = option(None, "optimizer steps in all; overrides epochs", gt=0)
     stop_after: int | None = option(None, "end this session once the run has done this "
@@ -422,8 +427,31 @@ def target_count(items) -> int:
     return sum(sum(item.loss_mask[1:]) for item in items)
 
 
+@torch.no_grad()
+def packing_works(model, items, pad_id: int, device) -> bool:
+    """Whether `model` keeps packed examples apart: the two shortest of `items`, packed in
+    one row (`collate_packed_sft`), must get the log-probs each gets alone in a padded batch.
+    Attention models of transformers build their masks from the restarting position ids;
+    a recurrent model (Mamba, RWKV) or custom attention code carries one example into the
+    next, and fails this."""
+    # longest first, the order pack_rows puts them in
+    pair = sorted(items[:64], key=lambda item: len(item.input_ids))[:2][::-1]
+    if len(pair) < 2:
+        return True
+    was_training = model.training
+    model.eval()
+    padded = to_device(collate_sft(pair, pad_id), device)
+    packed = to_device(collate_packed_sft(pair, sum(len(item.input_ids) for item in pair)), device)
+    lp_padded, mask = completion_logprobs(model, padded)      # (2, L-1)
+    lp_packed, packed_mask = completion_logprobs(model, packed)  # (1, L0+L1-1)
+    model.train(was_training)
+    alone = lp_padded[mask.bool()].float()
+    together = lp_packed[packed_mask.bool()].float()
+    return alone.shape == together.shape and torch.allclose(alone, together, atol=1e-3)
+
+
 def sft_step(model, items, micro_batches: list[list[int]], local: list[list[int]], pad_id: int,
-             device, bf16: bool = False) -> tuple[torch.Tensor, int]:
+             device, bf16: bool = False, pack: bool = False) -> tuple[torch.Tensor, int]:
     """Backward of one optimizer step's loss, the token mean over all its micro-batches.
 
     Each micro-batch's summed NLL is divided by the token count of the whole step
@@ -435,7 +463,8 @@ def sft_step(model, items, micro_batches: list[list[int]], local: list[list[int]
     normalizer = max(target_count(items[i] for rows in micro_batches for i in rows), 1)
     total = 0.0
     for rows in local:
-        batch = to_device(collate_sft([items[i] for i in rows], pad_id), device)
+        rows = [items[i] for i in rows]
+        batch = to_device(collate_packed_sft(rows) if pack else collate_sft(rows, pad_id), device)
         with autocast(bf16, device):
             logprobs, mask = completion_logprobs(model, batch)
         loss = reduce_loss(-logprobs, mask, "token_mean", normalizer)
@@ -509,6 +538,12 @@ def train(cfg: SFTConfig) -> SFTRun:
     model = with_lora(model, cfg, resume_from, "causal_lm")
     prepare_model(model, cfg, device)
 
+    pack = cfg.packing and packing_works(model, train_items, pad_id, device)
+    if cfg.packing and not pack:
+        log.warning("packing: %s attends across packed examples (its attention does not "
+                    "follow restarting position ids), so batches are padded instead",
+                    cfg.model)
+
     # 4. optimizer and schedule over every optimizer step of the run
     plan, optimizer, scheduler, step, guard, total_steps, stop_at = training_state(
         cfg, model, len(train_items), run_dir, resume_from, "the SFT model")
@@ -540,7 +575,7 @@ def train(cfg: SFTConfig) -> SFTRun:
                 with out_of_memory_hint("training the SFT model", memory):
                     loss, n_tokens = sft_step(model, train_items, plan.micro_batches(step),
                                               plan.local_micro_batches(step, world), pad_id,
-                                              device, bf16)
+                                              device, bf16, pack)
                 grad_norm = guarded_step(model, optimizer, scheduler, cfg.optim.max_grad_norm, loss,
                                          "loss (completion cross-entropy)", guard, step)
                 step += 1
