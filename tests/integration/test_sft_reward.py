@@ -217,12 +217,14 @@ def test_scoring_each_distinct_response_once_gives_the_two_pass_loss_and_gradien
         tiny_gpt2_dir):
     """K = 3 responses to each of 4 prompts, all 3 pairs of each: the grouped batch scores 12
     rows instead of 24, and its Bradley-Terry loss and gradient are those of scoring the
-    chosen and the rejected row of every pair apart (collate_preferences)."""
+    chosen and the rejected row of every pair apart (collate_preferences), padded or
+    packed."""
     rng = random.Random(0)
     rows = []
     for subject in SUBJECTS[:4]:
-        responses = [" " + " ".join(rng.choice(FILLER) for _ in range(rng.randint(2, 6))) + "."
-                     for _ in range(3)]
+        # short and long responses, so that packing puts several in one row
+        responses = [" " + " ".join(rng.choice(FILLER) for _ in range(n)) + "."
+                     for n in (1, 16, 2)]
         rows += [{"prompt": f"Describe {subject}.", "chosen": responses[i],
                   "rejected": responses[j]} for i, j in ((0, 1), (0, 2), (2, 1))]
     tokenizer = load_tokenizer(tiny_gpt2_dir)
@@ -245,8 +247,16 @@ def test_scoring_each_distinct_response_once_gives_the_two_pass_loss_and_gradien
         score_sequences(model, apart["chosen_input_ids"], apart["chosen_attention_mask"]),
         score_sequences(model, apart["rejected_input_ids"], apart["rejected_attention_mask"]))
     torch.testing.assert_close(loss, loss_apart, atol=1e-6, rtol=0)
-    for g, g_apart in zip(grads, grads_apart, strict=True):
-        torch.testing.assert_close(g, g_apart, atol=1e-6, rtol=1e-5)
+    for g, g_apart in zip(grads, grads_apart, strict=True):   # float sums in another order
+        torch.testing.assert_close(g, g_apart, atol=1e-5, rtol=1e-4)
+    # packed several to a row (position ids restarting per response): the same again
+    packed = collate_unique_responses(items, tokenizer.pad_token_id, pack=True)
+    assert packed["input_ids"].shape[0] < 12
+    loss_packed, grads_packed = loss_and_grad(*reward_model.score_pairs(model, packed))
+    torch.testing.assert_close(loss_packed, loss_apart, atol=1e-6, rtol=0)
+    for g, g_apart in zip(grads_packed, grads_apart, strict=True):
+        torch.testing.assert_close(g, g_apart, atol=1e-5, rtol=1e-4)
+    assert reward_model.packing_works(model, items, tokenizer.pad_token_id, "cpu")
 
 
 def test_reward_model_resume_is_bit_exact(tiny_gpt2_dir, data_dir, tmp_path):

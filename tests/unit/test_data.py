@@ -401,6 +401,18 @@ def test_packed_sft_rows_restart_positions_and_never_target_across_examples():
     assert tail["loss_mask"].tolist() == [[0, 1, 0, 1, 0, 0]]
 
 
+def test_packed_unique_responses_say_where_each_row_ends():
+    a, b, c = [1, 2, 3, 4, 5], [1, 2, 6], [1, 2]
+    items = [TokenizedPair(a, b), TokenizedPair(a, c), TokenizedPair(c, b)]
+    batch = collate_unique_responses(items, pad_token_id=0, pack=True)
+    assert batch["attention_mask"] is None
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5], [1, 2, 6, 1, 2]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert batch["last_token"].tolist() == [[0, 4], [1, 2], [1, 4]]   # a, b, c
+    assert batch["chosen_index"].tolist() == [0, 0, 2]
+    assert batch["rejected_index"].tolist() == [1, 2, 1]
+
+
 def test_sft_eos_is_not_doubled_for_chat_completions(tiny_tokenizer):
     ids = encode_response(" Hello!<|eos|>", tiny_tokenizer)
     assert ids == encode_response(" Hello!", tiny_tokenizer)

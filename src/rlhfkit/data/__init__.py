@@ -10,8 +10,8 @@ from rlhfkit.data.collate import (TokenizedPair, TokenizedSFT, collate_packed_sf
                                   collate_preferences, collate_prompts, collate_sft,
                                   collate_unique_responses, encode_prompt, encode_prompts,
                                   encode_response, encode_responses, encode_texts, pack_rows,
-                                  response_groups, tokenize_preferences, tokenize_prompts,
-                                  tokenize_sft, truncate_left)
+                                  pack_sequences, response_groups, tokenize_preferences,
+                                  tokenize_prompts, tokenize_sft, truncate_left)
 from rlhfkit.data.formats import (PreferencePair, SFTExample, load_preferences, load_prompts,
                                   load_sft, split_shared_prompt)
 from rlhfkit.data.readers import read_rows
@@ -23,7 +23,8 @@ __all__ = [
     "encode_texts", "encode_prompt", "encode_prompts", "encode_response", "encode_responses",
     "truncate_left",
     "tokenize_prompts", "collate_prompts",
-    "TokenizedSFT", "tokenize_sft", "collate_sft", "pack_rows", "collate_packed_sft",
+    "TokenizedSFT", "tokenize_sft", "collate_sft", "pack_rows", "pack_sequences",
+    "collate_packed_sft",
     "TokenizedPair", "tokenize_preferences", "collate_preferences", "collate_unique_responses",
     "response_groups",
 ]

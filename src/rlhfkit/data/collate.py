@@ -26,6 +26,7 @@ keeping a leading BOS; only if the response alone is too long is it cut on the r
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass
 
@@ -207,55 +208,69 @@ def collate_sft(items: list[TokenizedSFT], pad_token_id: int) -> dict[str, torch
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Indices of items grouped into rows of at most `capacity` tokens: first-fit
-    decreasing (longest item first, each into the first row it fits; an item longer than
-    `capacity` gets a row of its own). Rows come out in order of their first item.
+    """Indices of items grouped into rows of at most `capacity` tokens: best-fit decreasing
+    (longest item first, each into the fullest row it still fits, by bisection over the
+    rows' free room, O(n log n); an item longer than `capacity` gets a row of its own).
+    Rows come out in the order they were opened.
 
         pack_rows([3, 5, 2, 4], 7)  ->  [[1, 2], [3, 0]]
     """
-    rows, room = [], []
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []        # (free tokens, row), sorted
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for r, free in enumerate(room):
-            if lengths[i] <= free:
-                rows[r].append(i)
-                room[r] -= lengths[i]
-                break
+        at = bisect.bisect_left(room, (lengths[i], -1))
+        if at < len(room):
+            free, r = room.pop(at)
+            rows[r].append(i)
+            bisect.insort(room, (free - lengths[i], r))
         else:
             rows.append([i])
-            room.append(capacity - lengths[i])
+            bisect.insort(room, (capacity - lengths[i], len(rows) - 1))
     return rows
 
 
+def pack_sequences(rows: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                 list[tuple[int, int]]]:
+    """`rows` packed several to a row of `length` tokens (`pack_rows`): input_ids and
+    position_ids (R, length), R <= len(rows), and where each row went, (packed row, start).
+
+    position_ids restart at 0 with each row; from them transformers' attention masks
+    (`masking_utils.find_packed_sequence_indices`, used when no attention_mask is given)
+    keep each row to its own tokens, as if it were alone. The tail after a packed row's
+    last sequence repeats that row's first token, with positions from 0: a segment of its
+    own that no real token attends to (not the pad id, which makes transformers warn that
+    a mask may be missing).
+    """
+    ids, positions, places = [], [], [None] * len(rows)
+    for r, members in enumerate(pack_rows([len(row) for row in rows], length)):
+        row_ids, row_pos = [], []
+        for i in members:
+            places[i] = (r, len(row_ids))
+            row_ids += rows[i]
+            row_pos += range(len(rows[i]))
+        tail = length - len(row_ids)
+        ids.append(row_ids + [row_ids[0]] * tail)
+        positions.append(row_pos + list(range(tail)))
+    return torch.tensor(ids), torch.tensor(positions), places
+
+
 def collate_packed_sft(items: list[TokenizedSFT], length: int | None = None) -> dict:
-    """Several examples per row (`pack_rows`) in rows of `length` tokens (default: the
+    """Several examples per row (`pack_sequences`) in rows of `length` tokens (default: the
     longest example's, so no row is longer, and no attention wider, than when padded):
     input_ids, position_ids, loss_mask (R, length), R <= B, and attention_mask None.
 
-    position_ids restart at 0 with each example; from them transformers' attention masks
-    (`masking_utils.find_packed_sequence_indices`) keep each example to its own tokens, as
-    if it were alone (a model without that support is caught by `sft.packing_works`). A
-    row's first target follows its first token, so an example's first token is no target
-    (nothing of *its* predicts it). The tail after a row's last example repeats that
-    row's first token: its own segment, never attended to and no target; not the pad id,
-    which makes transformers warn that a mask may be missing.
+    An example's first token is no target: in a packed row the token before it belongs to
+    another example (alone, nothing predicts it either). Tails are no targets.
     """
     if not items:
         raise ValueError("collate_packed_sft: empty batch")
     length = length or max(len(item.input_ids) for item in items)
-    ids, positions, loss_mask = [], [], []
-    for row in pack_rows([len(item.input_ids) for item in items], length):
-        row_ids, row_pos, row_mask = [], [], []
-        for i in row:
-            n = len(items[i].input_ids)
-            row_ids += items[i].input_ids
-            row_pos += range(n)
-            row_mask += [0] + items[i].loss_mask[1:]
-        tail = length - len(row_ids)
-        ids.append(row_ids + [row_ids[0]] * tail)
-        positions.append(row_pos + list(range(tail)))
-        loss_mask.append(row_mask + [0] * tail)
-    return dict(input_ids=torch.tensor(ids), attention_mask=None,
-                position_ids=torch.tensor(positions), loss_mask=torch.tensor(loss_mask))
+    input_ids, position_ids, places = pack_sequences([item.input_ids for item in items], length)
+    loss_mask = [[0] * length for _ in range(len(input_ids))]
+    for item, (r, start) in zip(items, places):
+        loss_mask[r][start + 1:start + len(item.loss_mask)] = item.loss_mask[1:]
+    return dict(input_ids=input_ids, attention_mask=None, position_ids=position_ids,
+                loss_mask=torch.tensor(loss_mask))
 
 
 # ---------------------------------------------------------------------------- preferences
@@ -341,8 +356,8 @@ def response_groups(items: list[TokenizedPair]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(members) for members in groups.values())
 
 
-def collate_unique_responses(items: list[TokenizedPair],
-                             pad_token_id: int) -> dict[str, torch.Tensor | None]:
+def collate_unique_responses(items: list[TokenizedPair], pad_token_id: int,
+                             pack: bool = False) -> dict[str, torch.Tensor | None]:
     """The DISTINCT rows of a batch of pairs, RIGHT-padded to one length L, and which of
     them each pair's chosen and rejected rows are.
 
@@ -356,6 +371,10 @@ def collate_unique_responses(items: list[TokenizedPair],
 
     Returns input_ids (U, L), attention_mask (U, L), chosen_index (B,), rejected_index (B,)
     (long, into the U <= 2B rows), and margin (B,) as in `collate_preferences`.
+
+    `pack`: the U rows packed several to a row of the longest one's length instead
+    (`pack_sequences`): input_ids and position_ids (R, L), attention_mask None, and
+    last_token (U, 2), the (packed row, column) of each distinct row's last token.
     """
     if not items:
         raise ValueError("collate_unique_responses: empty batch")
@@ -366,9 +385,16 @@ def collate_unique_responses(items: list[TokenizedPair],
     rows = [list(ids) for ids in index]
     length = max(len(r) for r in rows)
     margins = [item.margin for item in items]
+    if pack:
+        input_ids, position_ids, places = pack_sequences(rows, length)
+        rows_of = {"input_ids": input_ids, "attention_mask": None, "position_ids": position_ids,
+                   "last_token": torch.tensor([(r, start + len(row) - 1)
+                                               for row, (r, start) in zip(rows, places)])}
+    else:
+        rows_of = {"input_ids": _pad(rows, pad_token_id, length, left=False),
+                   "attention_mask": _pad([[1] * len(r) for r in rows], 0, length, left=False)}
     return {
-        "input_ids": _pad(rows, pad_token_id, length, left=False),
-        "attention_mask": _pad([[1] * len(r) for r in rows], 0, length, left=False),
+        **rows_of,
         "chosen_index": torch.tensor([index[tuple(i.chosen_input_ids)] for i in items]),
         "rejected_index": torch.tensor([index[tuple(i.rejected_input_ids)] for i in items]),
         "margin": (None if all(m is None for m in margins) else

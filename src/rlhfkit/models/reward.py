@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.loading import (fit_to_tokenizer, from_pretrained, load_tokenizer,
                                     torch_dtype)
-from rlhfkit.models.trunk import score_head, trunk_hidden_states
+from rlhfkit.models.trunk import score_head, trunk, trunk_hidden_states
 
 
 def init_reward_model(backbone_path_or_id, tokenizer, dtype="auto",
@@ -91,6 +91,17 @@ def score_sequences(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last_hidden = hidden[rows, last_token_index(attention_mask)]         # (B, H)
     return score_head(model)(last_hidden).squeeze(-1).float()            # (B,)
+
+
+def score_packed(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                 last_token: torch.Tensor) -> torch.Tensor:
+    """Scores of sequences packed several to a row (`rlhfkit.data.pack_sequences`: position
+    ids restart with each, no attention mask), read at each one's last token:
+    input_ids, position_ids (R, L), last_token (U, 2) (row, column) -> (U,) float32."""
+    hidden = trunk(model)(input_ids=input_ids, position_ids=position_ids,
+                          use_cache=False).last_hidden_state                 # (R, L, H)
+    last_hidden = hidden[last_token[:, 0], last_token[:, 1]]                 # (U, H)
+    return score_head(model)(last_hidden).squeeze(-1).float()                # (U,)
 
 
 def set_score_stats(model, mean: float, std: float) -> None:

@@ -24,7 +24,8 @@ One run, top to bottom (`train`):
                    several pairs is scored once), the loss of the pair mean weighted by its
                    share of the step. Pairs that share a response stay together in the
                    data order (group_shared_responses), so K responses ranked by a labeler
-                   cost K rows, not K(K-1) (InstructGPT §3.5)
+                   cost K rows, not K(K-1) (InstructGPT §3.5). Short rows share a
+                   row (packing, as in SFT), so a micro-batch pads little
     6. evaluate    held-out accuracy, loss, mean margin r_c − r_r, mean/std of chosen and
                    rejected scores: before training, every eval_every steps, at the end
     7. checkpoint  every save_every steps, atomically, with optimizer/scheduler/RNG state
@@ -51,12 +52,12 @@ import torch
 from rlhfkit import distributed
 from rlhfkit.config import REQUIRED, option
 from rlhfkit.core import reward_model_loss
-from rlhfkit.data import (collate_unique_responses, load_preferences, response_groups,
-                          tokenize_preferences)
+from rlhfkit.data import (TokenizedPair, collate_unique_responses, load_preferences,
+                          pack_sequences, response_groups, tokenize_preferences)
 from rlhfkit.errors import ConfigError
 from rlhfkit.metrics import MetricsLogger
 from rlhfkit.models import (get_score_stats, init_reward_model, load_reward_model,
-                            load_tokenizer, score_sequences, set_score_stats)
+                            load_tokenizer, score_packed, score_sequences, set_score_stats)
 from rlhfkit.models.lora import LoraConfig
 from rlhfkit.recipes.common import (ComputeConfig, OptimConfig, autocast, describe_config,
                                     fit_context, model_context, out_of_memory_hint,
@@ -97,6 +98,11 @@ class RewardModelConfig:
                                 "(gradient accumulation; each of W processes runs "
                                 "grad_accum / W)", gt=0)
     epochs: int = option(1, "passes over the training pairs", gt=0)
+    packing: bool = option(True, "put several short rows of a micro-batch in one row as "
+                                 "long as its longest, each attending only to itself "
+                                 "(position ids restart per row): the same scores with less "
+                                 "padding; falls back to padding for a model whose attention "
+                                 "cannot keep packed rows apart")
     group_shared_responses: bool = option(True, "shuffle groups of pairs that share a response, "
                                                 "not single pairs, so a micro-batch scores each "
                                                 "response once (K responses ranked for a prompt: "
@@ -139,23 +145,51 @@ def score_pairs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     distinct rows (`collate_unique_responses`).
 
     Shapes: input_ids, attention_mask (U, L) -> scores (U,) -> chosen (B,), rejected (B,)
-    through chosen_index, rejected_index (B,); U <= 2B.
+    through chosen_index, rejected_index (B,); U <= 2B. A packed batch (attention_mask
+    None) is scored with `score_packed`.
     """
-    scores = score_sequences(model, batch["input_ids"], batch["attention_mask"])  # (U,)
+    if batch["attention_mask"] is None:   # packed (collate_unique_responses(pack=True))
+        scores = score_packed(model, batch["input_ids"], batch["position_ids"],
+                              batch["last_token"])                              # (U,)
+    else:
+        scores = score_sequences(model, batch["input_ids"], batch["attention_mask"])  # (U,)
     return scores[batch["chosen_index"]], scores[batch["rejected_index"]]
 
 
+@torch.no_grad()
+def packing_works(model, items, pad_id: int, device) -> bool:
+    """Whether `model` keeps packed rows apart: the two shortest distinct rows of `items`,
+    packed in one row, must score as they do padded (see `sft.packing_works`)."""
+    distinct = {tuple(ids) for item in items[:64]
+                for ids in (item.chosen_input_ids, item.rejected_input_ids)}
+    rows = [list(ids) for ids in sorted(distinct, key=len)[:2]]
+    if len(rows) < 2:
+        return True
+    was_training = model.training
+    model.eval()
+    alone = score_pairs(model, to_device(collate_unique_responses([TokenizedPair(*rows)],
+                                                                  pad_id), device))
+    input_ids, position_ids, places = pack_sequences(rows, len(rows[0]) + len(rows[1]))
+    last = torch.tensor([(r, start + len(row) - 1) for row, (r, start) in zip(rows, places)])
+    together = score_packed(model, input_ids.to(device), position_ids.to(device),
+                            last.to(device))
+    model.train(was_training)
+    return torch.allclose(torch.cat(alone), together, atol=1e-3)
+
+
 def reward_step(model, items, micro_batches: list[list[int]], local: list[list[int]],
-                pad_id: int, device, center_coef: float, bf16: bool = False) -> dict[str, float]:
+                pad_id: int, device, center_coef: float, bf16: bool = False,
+                pack: bool = False) -> dict[str, float]:
     """Backward of one optimizer step's loss, the mean over all its pairs: each micro-batch's
     pair-mean loss is weighted by its share of the step's pairs, so accumulation — over
     micro-batches and over processes (this one runs `local`, its share of `micro_batches`)
     — gives the gradient of one big batch. Returns the step's loss, accuracy and mean
-    margin, summed over processes."""
+    margin, summed over processes. `pack`: the micro-batch's rows packed several to a row."""
     n_pairs = sum(len(rows) for rows in micro_batches)
     totals = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0}
     for rows in local:
-        batch = to_device(collate_unique_responses([items[i] for i in rows], pad_id), device)
+        batch = to_device(collate_unique_responses([items[i] for i in rows], pad_id, pack),
+                          device)
         with autocast(bf16, device):
             chosen, rejected = score_pairs(model, batch)
         loss, stats = reward_model_loss(chosen, rejected, batch["margin"], center_coef)
@@ -277,6 +311,10 @@ def train(cfg: RewardModelConfig) -> RewardRun:
         model = init_reward_model(cfg.model, tokenizer, **load)
     model = with_lora(model, cfg, resume_from, "seq_cls")
     prepare_model(model, cfg, device)
+    pack = cfg.packing and packing_works(model, train_items, pad_id, device)
+    if cfg.packing and not pack:
+        log.warning("packing: %s attends across packed rows (its attention does not follow "
+                    "restarting position ids), so batches are padded instead", cfg.model)
 
     # 4. optimizer and schedule over every optimizer step of the run
     groups = response_groups(train_items) if cfg.group_shared_responses else None
@@ -309,7 +347,7 @@ def train(cfg: RewardModelConfig) -> RewardRun:
                 with out_of_memory_hint("training the reward model", memory):
                     stats = reward_step(model, train_items, rows,
                                         plan.local_micro_batches(step, world), pad_id, device,
-                                        cfg.center_coef, bf16)
+                                        cfg.center_coef, bf16, pack)
                 grad_norm = guarded_step(model, optimizer, scheduler, cfg.optim.max_grad_norm,
                                          torch.tensor(stats["loss"]), "loss (Bradley-Terry)", guard,
                                          step)

@@ -16,11 +16,14 @@ One run, top to bottom (`train`):
     1. data        tokenizer, then demonstrations and the held-out set (a bad file fails
                    here, in a second, before any model is loaded or any folder written)
     2. run folder  config.yaml, log.txt, metrics.jsonl; or the last checkpoint to resume
-    3. model       the causal LM (from the checkpoint when resuming)
+    3. model       the causal LM (from the checkpoint when resuming); a check that its
+                   attention keeps packed examples apart (`packing_works`)
     4. optimizer   AdamW, warmup then linear/cosine decay over every optimizer step
     5. train       each optimizer step: grad_accum micro-batches, the loss of each one
                    divided by the token count of the whole step (so accumulation gives the
-                   gradient of one big batch), gradient clipping, step
+                   gradient of one big batch), gradient clipping, step. Short examples
+                   share a row (packing: position ids restart with each example), so
+                   a micro-batch pads little
     6. evaluate    held-out loss and perplexity before training, every eval_every steps
                    and at the end
     7. checkpoint  every save_every steps, atomically, with optimizer/scheduler/RNG state
