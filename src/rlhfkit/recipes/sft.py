@@ -444,9 +444,10 @@ def packing_works(model, items, pad_id: int, device) -> bool:
     was_training = model.training
     model.eval()
     padded = to_device(collate_sft(pair, pad_id), device)
-    packed = to_device(collate_packed_sft(pair, sum(len(item.input_ids) for item in pair)), device)
-    lp_padded, mask = completion_logprobs(model, padded)      # (2, L-1)
-    lp_packed, packed_mask = completion_logprobs(model, packed)  # (1, L0+L1-1)
+    packed = to_device(collate_packed_sft(pair, sum(len(item.input_ids) for item in pair)),
+                       device)
+    lp_padded, mask = completion_logprobs(model, padded)          # (2, L-1)
+    lp_packed, packed_mask = completion_logprobs(model, packed)   # (1, L0+L1-1)
     model.train(was_training)
     alone = lp_padded[mask.bool()].float()
     together = lp_packed[packed_mask.bool()].float()
@@ -466,8 +467,9 @@ def sft_step(model, items, micro_batches: list[list[int]], local: list[list[int]
     normalizer = max(target_count(items[i] for rows in micro_batches for i in rows), 1)
     total = 0.0
     for rows in local:
-        rows = [items[i] for i in rows]
-        batch = to_device(collate_packed_sft(rows) if pack else collate_sft(rows, pad_id), device)
+        examples = [items[i] for i in rows]
+        batch = to_device(collate_packed_sft(examples) if pack else collate_sft(examples, pad_id),
+                          device)
         with autocast(bf16, device):
             logprobs, mask = completion_logprobs(model, batch)
         loss = reduce_loss(-logprobs, mask, "token_mean", normalizer)
