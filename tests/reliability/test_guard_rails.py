@@ -200,12 +200,15 @@ def sft_config(files, out, model, *overrides):
 
 
 def nan_from(step_numbers, real):
-    """`real`, with NaN outputs on the calls numbered in `step_numbers` (1-based)."""
+    """`real`, with NaN outputs on the training calls numbered in `step_numbers` (1-based;
+    calls under no_grad, such as the packing check at the start, are not counted)."""
     calls = {"n": 0}
 
     def wrapped(*args, **kwargs):
-        calls["n"] += 1
+        calls["n"] += torch.is_grad_enabled()
         out = real(*args, **kwargs)
+        if not torch.is_grad_enabled():
+            return out
         if calls["n"] in step_numbers:
             first = out[0] if isinstance(out, tuple) else out
             return (first * float("nan"), *out[1:]) if isinstance(out, tuple) else first * float("nan")
