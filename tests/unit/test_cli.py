@@ -125,9 +125,12 @@ def test_config_file_and_print_config(tmp_path, run_dir):
 
 
 def test_follow_prints_new_rows_and_ctrl_c_exits_130(run_dir):
+    # A shell without job control starts background jobs with SIGINT ignored, and Python
+    # keeps an inherited SIG_IGN: give the child the default, as a terminal would.
     proc = subprocess.Popen(
         [*RLHFKIT, "metrics", f"run_dir={run_dir}", "follow=true", "poll_s=0.05", "columns=[step,loss]"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()

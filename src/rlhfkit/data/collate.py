@@ -48,7 +48,8 @@ def encode_texts(texts: list[str], tokenizer) -> list[list[int]]:
     one batched call (a fast tokenizer encodes a batch in Rust; the K responses of a ranked
     prompt share one prompt, and a response sits in K-1 pairs)."""
     unique = list(dict.fromkeys(texts))
-    ids = tokenizer(unique, add_special_tokens=False)["input_ids"] if unique else []
+    ids = (tokenizer(unique, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+           if unique else [])
     lookup = dict(zip(unique, ids))
     return [list(lookup[text]) for text in texts]
 
