@@ -358,7 +358,8 @@ def response_groups(items: list[TokenizedPair]) -> tuple[tuple[int, ...], ...]:
 
 
 def collate_unique_responses(items: list[TokenizedPair], pad_token_id: int,
-                             pack: bool = False) -> dict[str, torch.Tensor | None]:
+                             pack: bool = False,
+                             length: int | None = None) -> dict[str, torch.Tensor | None]:
     """The DISTINCT rows of a batch of pairs, RIGHT-padded to one length L, and which of
     them each pair's chosen and rejected rows are.
 
@@ -373,9 +374,9 @@ def collate_unique_responses(items: list[TokenizedPair], pad_token_id: int,
     Returns input_ids (U, L), attention_mask (U, L), chosen_index (B,), rejected_index (B,)
     (long, into the U <= 2B rows), and margin (B,) as in `collate_preferences`.
 
-    `pack`: the U rows packed several to a row of the longest one's length instead
-    (`pack_sequences`): input_ids and position_ids (R, L), attention_mask None, and
-    last_token (U, 2), the (packed row, column) of each distinct row's last token.
+    `pack`: the U rows packed several to a row of `length` tokens instead (default: the
+    longest row's; `pack_sequences`): input_ids and position_ids (R, L), attention_mask
+    None, and last_token (U, 2), the (packed row, column) of each distinct row's last token.
     """
     if not items:
         raise ValueError("collate_unique_responses: empty batch")
@@ -384,16 +385,16 @@ def collate_unique_responses(items: list[TokenizedPair], pad_token_id: int,
         for ids in (item.chosen_input_ids, item.rejected_input_ids):
             index.setdefault(tuple(ids), len(index))
     rows = [list(ids) for ids in index]
-    length = max(len(r) for r in rows)
     margins = [item.margin for item in items]
     if pack:
-        input_ids, position_ids, places = pack_sequences(rows, length)
+        input_ids, position_ids, places = pack_sequences(rows, length or max(map(len, rows)))
         rows_of = {"input_ids": input_ids, "attention_mask": None, "position_ids": position_ids,
                    "last_token": torch.tensor([(r, start + len(row) - 1)
                                                for row, (r, start) in zip(rows, places)])}
     else:
-        rows_of = {"input_ids": _pad(rows, pad_token_id, length, left=False),
-                   "attention_mask": _pad([[1] * len(r) for r in rows], 0, length, left=False)}
+        longest = max(map(len, rows))
+        rows_of = {"input_ids": _pad(rows, pad_token_id, longest, left=False),
+                   "attention_mask": _pad([[1] * len(r) for r in rows], 0, longest, left=False)}
     return {
         **rows_of,
         "chosen_index": torch.tensor([index[tuple(i.chosen_input_ids)] for i in items]),

@@ -53,7 +53,7 @@ from rlhfkit import distributed
 from rlhfkit.config import REQUIRED, option
 from rlhfkit.core import reward_model_loss
 from rlhfkit.data import (TokenizedPair, collate_unique_responses, load_preferences,
-                          pack_sequences, response_groups, tokenize_preferences)
+                          response_groups, tokenize_preferences)
 from rlhfkit.errors import ConfigError
 from rlhfkit.metrics import MetricsLogger
 from rlhfkit.models import (get_score_stats, init_reward_model, load_reward_model,
@@ -167,14 +167,12 @@ def packing_works(model, items, pad_id: int, device) -> bool:
         return True
     was_training = model.training
     model.eval()
-    alone = score_pairs(model, to_device(collate_unique_responses([TokenizedPair(*rows)],
-                                                                  pad_id), device))
-    input_ids, position_ids, places = pack_sequences(rows, len(rows[0]) + len(rows[1]))
-    last = torch.tensor([(r, start + len(row) - 1) for row, (r, start) in zip(rows, places)])
-    together = score_packed(model, input_ids.to(device), position_ids.to(device),
-                            last.to(device))
+    pair = [TokenizedPair(*rows)]
+    alone = score_pairs(model, to_device(collate_unique_responses(pair, pad_id), device))
+    together = score_pairs(model, to_device(collate_unique_responses(
+        pair, pad_id, pack=True, length=len(rows[0]) + len(rows[1])), device))
     model.train(was_training)
-    return torch.allclose(torch.cat(alone), together, atol=1e-3)
+    return torch.allclose(torch.cat(alone), torch.cat(together), atol=1e-3)
 
 
 def reward_step(model, items, micro_batches: list[list[int]], local: list[list[int]],
