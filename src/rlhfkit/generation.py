@@ -114,9 +114,10 @@ def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     mask[:, :prompt_len] = prompt_mask
     tokens = torch.full((batch, steps), pad_token_id, dtype=torch.long, device=device)
     positions = position_ids_from_mask(mask[:, :prompt_len])
-    cache = {_cache_kwarg(model): preallocated_cache(model, prompt_len + steps)}
+    cache_kwarg = _cache_kwarg(model)  # once: inspect.signature costs as much as a sampling step
     out = model(input_ids=prompt_ids, attention_mask=mask[:, :prompt_len],
-                position_ids=positions, use_cache=True, logits_to_keep=1, **cache)
+                position_ids=positions, use_cache=True, logits_to_keep=1,
+                **{cache_kwarg: preallocated_cache(model, prompt_len + steps)})
     next_position = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     live = torch.arange(batch, device=device)   # (B',): the rows still in the batch
@@ -140,7 +141,7 @@ def sample_responses(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
         mask[:, prompt_len + t] = 1
         out = model(input_ids=token[:, None], attention_mask=mask[:, :prompt_len + t + 1],
                     position_ids=next_position, use_cache=True, logits_to_keep=1,
-                    **{_cache_kwarg(model): cache})
+                    **{cache_kwarg: cache})
         next_position = next_position + 1
     response_ids = tokens[:, :_steps_taken(tokens[:, :t + 1], eos_token_id, finished)]
     return response_ids, response_mask_after_eos(response_ids, eos_token_id), finished
