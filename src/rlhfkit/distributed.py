@@ -94,10 +94,29 @@ def world() -> World:
     return World()
 
 
-def shutdown() -> None:
-    """Leave the process group (at the end of a command: torch warns about one left open)."""
+def shutdown(wait_for_all: bool = False) -> None:
+    """Leave the process group (at the end of a command: torch warns about one left open).
+
+    `wait_for_all` meets every rank at a barrier first, so that no rank tears its gloo
+    threads down while another still has work in flight with it (a rank that left first
+    has aborted a peer at exit with "terminate called without an active exception"). Only
+    on success: after an error the other ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def run_then_shutdown(train, cfg) -> int:
+    """A command's entry point: `train(cfg)`, then leave the process group (after a barrier
+    when training returned, at once when it raised). Returns 0, the exit status."""
+    finished = False
+    try:
+        train(cfg)
+        finished = True
+    finally:
+        shutdown(wait_for_all=finished)
+    return 0
 
 
 def shard(n: int, w: World | None = None) -> slice:

@@ -208,3 +208,25 @@ def test_a_missing_rendezvous_fails_within_the_timeout(files, tiny_gpt2_dir, tmp
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     assert cli.main(args) == 2
     assert "could not join the 2-process group" in capsys.readouterr().err
+
+
+def test_a_command_leaves_its_process_group_after_success_and_after_an_error(tmp_path):
+    """`run_then_shutdown` meets the other ranks at a barrier when training returned (a
+    one-process gloo group here, so the barrier returns) and leaves the group either way."""
+    import torch.distributed as dist
+    from rlhfkit.distributed import run_then_shutdown
+
+    def join(store: str):
+        dist.init_process_group("gloo", rank=0, world_size=1,
+                                store=dist.FileStore(str(tmp_path / store), 1))
+    seen = []
+    join("first")
+    assert run_then_shutdown(seen.append, "cfg") == 0
+    assert seen == ["cfg"] and not dist.is_initialized()
+
+    def fail(cfg):
+        raise RuntimeError("training failed")
+    join("second")
+    with pytest.raises(RuntimeError, match="training failed"):
+        run_then_shutdown(fail, "cfg")
+    assert not dist.is_initialized()

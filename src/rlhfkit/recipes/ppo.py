@@ -807,8 +807,4 @@ def train(cfg: PPOConfig) -> Parts:
 
 def main(cfg: PPOConfig) -> int:
     """`rlhfkit ppo`: the command-line entry point."""
-    try:
-        train(cfg)
-    finally:
-        distributed.shutdown()
-    return 0
+    return distributed.run_then_shutdown(train, cfg)

@@ -395,8 +395,4 @@ def train(cfg: RewardModelConfig) -> RewardRun:
 
 def main(cfg: RewardModelConfig) -> int:
     """`rlhfkit reward`: the command-line entry point."""
-    try:
-        train(cfg)
-    finally:
-        distributed.shutdown()
-    return 0
+    return distributed.run_then_shutdown(train, cfg)

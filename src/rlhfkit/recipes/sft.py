@@ -629,8 +629,4 @@ def train(cfg: SFTConfig) -> SFTRun:
 
 def main(cfg: SFTConfig) -> int:
     """`rlhfkit sft`: the command-line entry point."""
-    try:
-        train(cfg)
-    finally:
-        distributed.shutdown()
-    return 0
+    return distributed.run_then_shutdown(train, cfg)
