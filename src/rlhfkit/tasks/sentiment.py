@@ -436,10 +436,10 @@ class Labeler:
     Real annotators are noisy and systematically biased; this one is both, by design.
     Its *perceived* score `s` of a response depends on `bias`:
 
-        "first_sentence"  VADER of the prompt + the response's first sentence only: it
-                          skims. (default)
         "length"          VADER of the whole review + `length_bonus` per response word:
-                          longer looks more thorough (Singhal et al. 2023).
+                          longer looks more thorough (Singhal et al. 2023). (default)
+        "first_sentence"  VADER of the prompt + the response's first sentence only: it
+                          skims.
         "none"            VADER of the whole review: the gold score.
 
     The label is a Bradley-Terry draw, the model the reward model's loss assumes:
@@ -450,16 +450,15 @@ class Labeler:
     to each perceived score and picks the larger. Small `noise_scale`: nearly always the
     higher-scoring response; near-ties: close to a coin flip.
 
-    Why "first_sentence" is the default: it opens the gap between what the labeler rewards
-    and what is true (gold) that reward hacking needs to show. A policy optimised against a
-    reward model trained on these labels can win with a glowing first sentence and a bad
-    rest; the demo shows the labeler's view rising faster than the gold score, and the KL
-    penalty to the SFT model holding the rest of the review in place. Unlike "length", it
-    still rewards positivity first, so the demo's policy learns the intended task within
-    its few PPO steps instead of only growing its responses.
+    A bias opens the gap between what the labeler rewards and what is true (gold) that
+    reward hacking needs to show. "length" is the default (the demo's too): it still
+    rewards positivity first, so a policy with a KL penalty learns the intended task, while
+    an over-optimised one also grows its reviews with stock sentences, which the gold
+    score, near its ceiling, barely rewards. "first_sentence" lets a policy win with a glowing first
+    sentence and a bad rest.
     """
 
-    def __init__(self, bias: str = "first_sentence", noise_scale: float = 0.1,
+    def __init__(self, bias: str = "length", noise_scale: float = 0.1,
                  seed: int = 0, length_bonus: float = 0.01):
         if bias not in BIASES:
             raise ConfigError(f"labeler.bias: expected one of {', '.join(BIASES)}, got {bias!r}")
