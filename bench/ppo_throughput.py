@@ -13,7 +13,8 @@ The same work as the TRL baselines in shared/bench/ (`trl_ppo_baseline.py`,
 Printed: the per-update median time (updates 2..N; the first is warm-up) split into
 generation, scoring + reference + old-policy/value passes, and training; generated tokens/s;
 the training phase's achieved matmul FLOP/s and its fraction of this machine's matmul peak
-(a 2048x2048 product timed in this process); peak RSS; and a last line `RESULT {json}`.
+(a 2048x2048 product timed in this process before and after the run, the better time
+kept); peak RSS; and a last line `RESULT {json}`.
 
     python bench/ppo_throughput.py --models ../bench-models/tiny-s --updates 20
     python bench/ppo_throughput.py --models DIR --shared-value-head --bf16   # fast settings
@@ -71,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     p.add_argument("--json-out", default=None, help="also write the RESULT dict here")
     p.add_argument("--peak-seconds", type=float, default=1.0,
-                   help="time spent measuring the matmul peak (per dtype)")
+                   help="time spent measuring the matmul peak (per dtype, before and after the run)")
     p.add_argument("--compare-generate", action="store_true",
                    help="also time transformers' generate() on the same model and batch")
     p.add_argument("--profile", default=None, metavar="FILE",
@@ -155,6 +156,14 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 1.0) -> float:
         dt = time.perf_counter() - t
         best, spent = min(best, dt), spent + dt
     return 2 * n ** 3 / best
+
+
+def matmul_peaks(cfg, seconds: float) -> tuple[float, float]:
+    """(fp32 peak, peak of the precision the run trains in) in FLOP/s."""
+    peak32 = matmul_peak("float32", seconds=seconds)
+    if precision_of(cfg) != "bf16":
+        return peak32, peak32
+    return peak32, matmul_peak("bfloat16", seconds=seconds)
 
 
 def forward_flops_per_row(cfg_model, length: int, kept: int, with_lm_head: bool) -> float:
@@ -262,6 +271,10 @@ def run(a: argparse.Namespace) -> dict:
         prompt_lens.append(rollout.prompt_ids.shape[1])
         return rollout
 
+    # The peak is measured before and after the run and the better figure kept: on a shared
+    # host it drifts (72 to 118 GFLOP/s within a minute here), and the lower figure would
+    # flatter the training phase's fraction of it.
+    peaks = matmul_peaks(cfg, a.peak_seconds)
     ppo.one_update, ppo.collect_rollout = timed_update, measured_collect
     t0 = time.perf_counter()
     try:
@@ -274,10 +287,14 @@ def run(a: argparse.Namespace) -> dict:
         ppo.one_update, ppo.collect_rollout = one_update, collect
     total_s = time.perf_counter() - t0
     rows = read_metrics(run_dir)
-    return summarize(a, cfg, rows, samples, prompt_lens, first["parts"], total_s, rlhfkit, torch)
+    rss = peak_rss_mib()  # before the second peak measurement's matrices
+    peaks = tuple(map(max, peaks, matmul_peaks(cfg, a.peak_seconds)))
+    return summarize(a, cfg, rows, samples, prompt_lens, first["parts"], total_s, peaks, rss,
+                     rlhfkit, torch)
 
 
-def summarize(a, cfg, rows, samples, prompt_lens, parts, total_s, rlhfkit, torch) -> dict:
+def summarize(a, cfg, rows, samples, prompt_lens, parts, total_s, peaks, rss, rlhfkit, torch
+              ) -> dict:
     """The RESULT dict: medians over updates 2..N."""
     def med(key):
         return statistics.median(r[key] for r in rows[1:])
@@ -289,9 +306,7 @@ def summarize(a, cfg, rows, samples, prompt_lens, parts, total_s, rlhfkit, torch
     tokens = statistics.fmean(r["response/length"] for r in rows[1:]) * n_rows
     flops = train_flops_per_update(parts, statistics.fmean(prompt_lens[1:]))
     train_s = med("time/train")
-    peak32 = matmul_peak("float32", seconds=a.peak_seconds)
-    bf16 = precision_of(cfg) == "bf16"
-    peak = matmul_peak("bfloat16", seconds=a.peak_seconds) if bf16 else peak32
+    peak32, peak = peaks
     res = {
         "library": "rlhfkit", "rlhfkit": rlhfkit.__version__, "torch": torch.__version__,
         "algo": cfg.algo, "threads": torch.get_num_threads(), "precision": precision_of(cfg),
@@ -313,7 +328,7 @@ def summarize(a, cfg, rows, samples, prompt_lens, parts, total_s, rlhfkit, torch
         "train_flops_per_update": flops, "train_flops_per_s": flops / train_s,
         "matmul_peak_flops_fp32": peak32, "matmul_peak_flops": peak,
         "train_flops_fraction": flops / train_s / peak,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": rss,
         "score_first3": statistics.fmean(r["score/mean"] for r in rows[:3]),
         "score_last3": statistics.fmean(r["score/mean"] for r in rows[-3:]),
         "per_update_score": [r["score/mean"] for r in rows],
