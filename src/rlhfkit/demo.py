@@ -87,8 +87,13 @@ FAST = Sizes("tiny", sft_examples=4000, sft_steps=150, pairs=1200, rm_steps=100,
              rl_rollouts=32, rl_lr=1e-3, eval_prompts=64, max_new_tokens=16)
 # Arithmetic: examples are short, so SFT takes big batches to learn the sums themselves
 # (and their noise); answers are a few tokens, so RL can afford many rollouts per update.
-ARITHMETIC = dataclasses.replace(FULL, sft_steps=1200, sft_batch=256, rl_updates=240,
-                                 rl_rollouts=256, rl_mini_batches=4, max_new_tokens=8)
+# RL's learning rate is a third of the sentiment task's: at 3e-4 each step sharpens the
+# sums it samples but blurs others the model knew (greedy accuracy fell from 91 % to 81 %);
+# at 1e-4 greedy accuracy holds, and 480 updates sharpen sampling to it. Evaluation takes
+# 2,048 problems: on 256, one GRPO run's gain read +28.5 points, on 2,048 +31.5.
+ARITHMETIC = dataclasses.replace(FULL, sft_steps=1200, sft_batch=256, rl_updates=480,
+                                 rl_rollouts=256, rl_mini_batches=4, max_new_tokens=8,
+                                 rl_lr=1e-4, eval_prompts=2048)   # 8-token answers: cheap
 
 
 RESPONSES_PER_PROMPT = 4   # samples per prompt the simulated human compares pairwise
