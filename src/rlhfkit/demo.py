@@ -7,7 +7,8 @@
                   each of their 6 pairs
     5. reward     (sentiment) a Bradley–Terry reward model on those labels
     6. RL         PPO (or the chosen algorithm) against the reward, KL-penalised to the SFT
-                  model, its scores clipped; for sentiment also an over-optimised run with a
+                  model, its scores clipped, with an entropy bonus; for sentiment also an
+                  over-optimised run with a
                   tiny KL coefficient and no clipping, side by side on the second core
     7. evaluate   held-out prompts, before and after: the gold score (VADER, never trained
                   on), diversity, KL; the report in OUT/report.html
@@ -59,6 +60,9 @@ class DemoConfig:
                                             "to [-c, c]: once a review is clearly good, more "
                                             "reward-model score earns nothing, so the policy "
                                             "stays diverse (null: off)", gt=0)
+    ent_coef: float = option(0.03, "entropy bonus of the main RL run (sentiment): keeps more of "
+                                   "the SFT model's variety of phrasing (the over-optimised run "
+                                   "has none)", ge=0)
     overopt_kl_coef: float = option(0.001, "KL coefficient of the over-optimised run (sentiment; "
                                            "its scores are not clipped)", ge=0)
     seed: int = option(0, "random seed")
@@ -241,7 +245,7 @@ def run_reward(files, out: Path, sizes: Sizes, seed: int) -> Path:
 
 
 def rl_config(task, algo: str, files, out: Path, sizes: Sizes, seed: int, name: str,
-              kl_coef: float, reward_clip: float | None = None):
+              kl_coef: float, reward_clip: float | None = None, ent_coef: float = 0.0):
     from rlhfkit.recipes.ppo_config import PPOConfig
     clip = "null" if reward_clip is None else reward_clip
     reward = ([f"reward.model={out / 'reward' / 'model'}", f"reward.clip={clip}"]
@@ -252,7 +256,8 @@ def rl_config(task, algo: str, files, out: Path, sizes: Sizes, seed: int, name: 
     micro = min(256, sizes.rl_rollouts // sizes.rl_mini_batches)
     return load_config(PPOConfig, None, reward + [
         f"policy={out / 'sft' / 'model'}", f"prompts={files['prompts']}", f"out={out / name}",
-        f"algo={algo}", f"seed={seed}", f"kl.coef={kl_coef}", "device=cpu",
+        f"algo={algo}", f"seed={seed}", f"kl.coef={kl_coef}", f"loss.ent_coef={ent_coef}",
+        "device=cpu",
         f"batch.num_updates={sizes.rl_updates}",
         f"batch.prompts_per_update={sizes.rl_rollouts // group}",
         f"batch.samples_per_prompt={group}", f"batch.micro_batch_size={micro}",
@@ -432,7 +437,9 @@ def main(cfg: DemoConfig) -> int:
                    sizes, cfg.seed)
         stages.run("5. reward model", run_reward, files, out, sizes, cfg.seed)
         runs.append(f"{algo}_overopt")   # the same run with a tiny KL coefficient, unclipped
-    configs = [rl_config(task, algo, files, out, sizes, cfg.seed, algo, kl_coef, cfg.reward_clip)]
+    ent_coef = 0.0 if task.reward_fn else cfg.ent_coef
+    configs = [rl_config(task, algo, files, out, sizes, cfg.seed, algo, kl_coef, cfg.reward_clip,
+                         ent_coef)]
     if len(runs) > 1:
         configs.append(rl_config(task, algo, files, out, sizes, cfg.seed, runs[1],
                                  cfg.overopt_kl_coef))
