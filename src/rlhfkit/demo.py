@@ -8,8 +8,8 @@
     5. reward     (sentiment) a Bradley–Terry reward model on those labels
     6. RL         PPO (or the chosen algorithm) against the reward, KL-penalised to the SFT
                   model, its scores clipped, with an entropy bonus; for sentiment also an
-                  over-optimised run with a
-                  tiny KL coefficient and no clipping, side by side on the second core
+                  over-optimised run with a tiny KL coefficient, no clipping and no bonus,
+                  side by side on the second core
     7. evaluate   held-out prompts, before and after: the gold score (VADER, never trained
                   on), diversity, KL; the report in OUT/report.html
 
