@@ -386,13 +386,13 @@ def collate_unique_responses(items: list[TokenizedPair], pad_token_id: int,
             index.setdefault(tuple(ids), len(index))
     rows = [list(ids) for ids in index]
     margins = [item.margin for item in items]
+    longest = max(map(len, rows))
     if pack:
-        input_ids, position_ids, places = pack_sequences(rows, length or max(map(len, rows)))
+        input_ids, position_ids, places = pack_sequences(rows, length or longest)
         rows_of = {"input_ids": input_ids, "attention_mask": None, "position_ids": position_ids,
                    "last_token": torch.tensor([(r, start + len(row) - 1)
                                                for row, (r, start) in zip(rows, places)])}
     else:
-        longest = max(map(len, rows))
         rows_of = {"input_ids": _pad(rows, pad_token_id, longest, left=False),
                    "attention_mask": _pad([[1] * len(r) for r in rows], 0, longest, left=False)}
     return {
