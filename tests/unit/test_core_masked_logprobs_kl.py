@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from rlhfkit.core import (AdaptiveKLController, FixedKLController, entropy_from_logits,
-                          kl_estimate, logprobs_from_logits, masked_mean, masked_var,
-                          masked_whiten, position_ids_from_mask)
+                          kl_estimate, logprobs_and_entropy, logprobs_from_logits, masked_mean,
+                          masked_var, masked_whiten, position_ids_from_mask)
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -134,6 +134,23 @@ def test_entropy_uniform_is_log_v_and_matches_definition():
     p = torch.softmax(logits / 0.7, -1)
     assert torch.allclose(entropy_from_logits(logits, 0.7), -(p * p.log()).sum(-1), atol=1e-5)
 
+
+
+def test_logged_entropy_has_no_graph_and_the_same_values():
+    """entropy_grad=False (no entropy bonus: the entropy is only logged) takes π from
+    exp(z/τ − logsumexp) instead of softmax: the same numbers, no graph; the log-probs keep
+    theirs. Under no_grad both ways agree too."""
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(3, 4, 50, generator=g) * 4).requires_grad_()
+    tokens = torch.randint(0, 50, (3, 4), generator=g)
+    lp, h = logprobs_and_entropy(logits, tokens, 0.7)
+    lp_logged, h_logged = logprobs_and_entropy(logits, tokens, 0.7, entropy_grad=False)
+    assert h.requires_grad and not h_logged.requires_grad and lp_logged.requires_grad
+    assert torch.allclose(h_logged, h, atol=1e-5) and torch.equal(lp_logged, lp)
+    p = torch.softmax(logits.detach() / 0.7, -1)
+    assert torch.allclose(h_logged, -(p * p.log()).sum(-1), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(logprobs_and_entropy(logits, tokens, 0.7)[1], h, atol=1e-5)
 
 def test_logprob_bad_input():
     with pytest.raises(ValueError, match="temperature"):

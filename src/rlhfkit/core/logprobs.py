@@ -46,7 +46,8 @@ def _check_tokens(logits: torch.Tensor, tokens: torch.Tensor) -> None:
 
 
 def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
-                         with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         with_entropy: bool = True, entropy_grad: bool = True,
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(a_t | s_t) of the given tokens and the entropy H_t of π(· | s_t), from one
     scaled copy of the logits and one log-normaliser:
 
@@ -54,7 +55,8 @@ def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, temperature
         H_t        = logsumexp(z_t / τ) − Σ_v π_v · z_t[v] / τ
 
     Shapes: logits (B, T, V), tokens (B, T) integer -> ((B, T) float32, (B, T) float32 or
-    None when `with_entropy` is False).
+    None when `with_entropy` is False). `entropy_grad=False`: the entropy is returned
+    without a graph (only logged), the log-probs keep theirs.
 
     Memory: the (B, T, V) logits are never copied whole. They are turned into float32 a
     few rows at a time (at most CHUNK_ELEMENTS numbers), so the extra memory is one such
@@ -70,8 +72,7 @@ def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, temperature
         log_norm = torch.logsumexp(scaled, dim=-1)                    # (b, T)
         logprobs.append(scaled.gather(-1, tokens[rows].unsqueeze(-1)).squeeze(-1) - log_norm)
         if with_entropy:
-            probs = torch.softmax(scaled, dim=-1)
-            entropies.append(log_norm - (probs * scaled).sum(-1))
+            entropies.append(_entropy(scaled, log_norm, entropy_grad))
     cat = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts)
     return cat(logprobs), cat(entropies) if with_entropy else None
 
@@ -99,6 +100,18 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float) -> torch.Tenso
     rows = []
     for chunk in _row_chunks(logits):
         scaled = logits[chunk].float() / temperature
-        probs = torch.softmax(scaled, dim=-1)
-        rows.append(torch.logsumexp(scaled, dim=-1) - (probs * scaled).sum(-1))
+        rows.append(_entropy(scaled, torch.logsumexp(scaled, dim=-1), grad=True))
     return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+
+def _entropy(scaled: torch.Tensor, log_norm: torch.Tensor, grad: bool) -> torch.Tensor:
+    """H = log_norm − Σ_v π_v · scaled_v from the scaled logits (b, T, V) and their
+    logsumexp (b, T) -> (b, T). With a graph, π comes from softmax, whose backward is one
+    kernel; without one, from exp(scaled − log_norm), which reuses the normaliser instead
+    of a second pass over the vocabulary for softmax's own."""
+    if grad and torch.is_grad_enabled():
+        return log_norm - (torch.softmax(scaled, dim=-1) * scaled).sum(-1)
+    with torch.no_grad():
+        scaled, log_norm = scaled.detach(), log_norm.detach()
+        probs = (scaled - log_norm.unsqueeze(-1)).exp_()
+        return log_norm - torch.linalg.vecdot(probs, scaled)

@@ -51,11 +51,9 @@ from rlhfkit.checkpoint import (latest_checkpoint, load_trainer_state, save_chec
                                 save_trainer_state, write_folder)
 from rlhfkit.config import assert_same_config
 from rlhfkit.core import (ADVANTAGE_ESTIMATORS, AdaptiveKLController, FixedKLController,
-                          apply_missing_eos_penalty, entropy_from_logits, explained_variance,
-                          kl_estimate, logprobs_and_entropy, logprobs_from_logits, masked_mean,
-                          masked_var, masked_whiten, per_token_rewards, ppo_policy_loss,
-                          ppo_value_loss,
-                          reduce_loss)
+                          apply_missing_eos_penalty, explained_variance, kl_estimate,
+                          logprobs_and_entropy, masked_mean, masked_var, masked_whiten,
+                          per_token_rewards, ppo_policy_loss, ppo_value_loss, reduce_loss)
 from rlhfkit.data import collate_prompts, load_prompts, tokenize_prompts
 from rlhfkit.errors import DataError, RlhfkitError
 from rlhfkit.generation import Sampling, sample_responses
@@ -403,12 +401,10 @@ def micro_batch_loss(p: Parts, mb: dict, normalizer, kl_coef: float) -> tuple[to
     with p.autocast():
         logits, values = response_forward(p.policy, *args)
     ids, temperature = mb["response_ids"], cfg.sampling.temperature
-    if cfg.loss.ent_coef:  # log-probs and entropy from one float32 copy of the logits
-        logprobs, token_entropy = logprobs_and_entropy(logits, ids, temperature)
-    else:  # the entropy is only logged: no graph through a softmax over the vocabulary
-        logprobs = logprobs_from_logits(logits, ids, temperature)
-        with torch.no_grad():
-            token_entropy = entropy_from_logits(logits, temperature)
+    # log-probs and entropy from one float32 copy of the logits; without an entropy bonus
+    # the entropy is only logged: no graph through a softmax over the vocabulary
+    logprobs, token_entropy = logprobs_and_entropy(logits, ids, temperature,
+                                                   entropy_grad=bool(cfg.loss.ent_coef))
     pg_loss, stats = ppo_policy_loss(logprobs, mb["logprobs"], mb["advantages"], mask,
                                      cfg.loss.clip_eps, reduction, normalizer)
     entropy = reduce_loss(token_entropy, mask, reduction, normalizer)
