@@ -3,8 +3,8 @@
     1. data       a synthetic corpus, prompts for RL and held-out prompts for evaluation
     2. base model a byte-level BPE tokenizer and a random tiny GPT-2, trained offline
     3. SFT        supervised fine-tuning on the corpus (the demonstrations)
-    4. feedback   (sentiment) 4 SFT samples per prompt; a simulated, biased human labels
-                  each of their 6 pairs
+    4. feedback   (sentiment) 8 SFT samples per prompt; a simulated, biased human labels
+                  each of their 28 pairs
     5. reward     (sentiment) a Bradley–Terry reward model on those labels
     6. RL         PPO (or the chosen algorithm) against the reward, KL-penalised to the SFT
                   model, its scores clipped, with an entropy bonus; for sentiment also an
@@ -56,11 +56,11 @@ class DemoConfig:
                                choices=("length", "first_sentence", "none"))
     kl_coef: float | None = option(None, "KL coefficient of the main RL run (default: 0.2 for "
                                          "sentiment, 0.02 for arithmetic)", ge=0)
-    reward_clip: float | None = option(2.0, "clip the main run's (normalised) reward-model scores "
+    reward_clip: float | None = option(1.75, "clip the main run's (normalised) reward-model scores "
                                             "to [-c, c]: once a review is clearly good, more "
                                             "reward-model score earns nothing, so the policy "
                                             "stays diverse (null: off)", gt=0)
-    ent_coef: float = option(0.03, "entropy bonus of the main RL run (sentiment): keeps more of "
+    ent_coef: float = option(0.05, "entropy bonus of the main RL run (sentiment): keeps more of "
                                    "the SFT model's variety of phrasing (the over-optimised run "
                                    "has none)", ge=0)
     overopt_kl_coef: float = option(0.001, "KL coefficient of the over-optimised run (sentiment; "
@@ -77,7 +77,9 @@ class Sizes:
     sft_steps: int = 400
     sft_batch: int = 32
     pairs: int = 16_000            # response pairs shown to the simulated labeler
+    responses_per_prompt: int = 8  # K samples per prompt, all K(K-1)/2 pairs labelled
     rm_steps: int = 500
+    rm_batch: int = 128            # pairs per step: 500 steps are 4 passes over the pairs
     rl_updates: int = 40
     rl_rollouts: int = 32          # responses per update
     rl_mini_batches: int = 1
@@ -87,8 +89,9 @@ class Sizes:
 
 
 FULL = Sizes()
-FAST = Sizes("tiny", sft_examples=4000, sft_steps=150, pairs=1200, rm_steps=100, rl_updates=15,
-             rl_rollouts=32, rl_lr=1e-3, eval_prompts=64, max_new_tokens=16)
+FAST = Sizes("tiny", sft_examples=4000, sft_steps=150, pairs=1200, responses_per_prompt=4,
+             rm_steps=100, rm_batch=32, rl_updates=15, rl_rollouts=32, rl_lr=1e-3,
+             eval_prompts=64, max_new_tokens=16)
 # Arithmetic: examples are short, so SFT takes big batches to learn the sums themselves
 # (and their noise); answers are a few tokens, so RL can afford many rollouts per update.
 # RL's learning rate is a third of the sentiment task's: at 3e-4 each step sharpens the
@@ -98,9 +101,6 @@ FAST = Sizes("tiny", sft_examples=4000, sft_steps=150, pairs=1200, rm_steps=100,
 ARITHMETIC = dataclasses.replace(FULL, sft_steps=1200, sft_batch=256, rl_updates=480,
                                  rl_rollouts=256, rl_mini_batches=4, max_new_tokens=8,
                                  rl_lr=1e-4, eval_prompts=2048)   # 8-token answers: cheap
-
-
-RESPONSES_PER_PROMPT = 4   # samples per prompt the simulated human compares pairwise
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -205,10 +205,11 @@ def run_sft(files, out: Path, sizes: Sizes, seed: int) -> Path:
 
 
 def label_pairs(bias: str, files, out: Path, sizes: Sizes, seed: int) -> Path:
-    """Sample K = `RESPONSES_PER_PROMPT` responses per prompt from the SFT model and have the
-    simulated human label each of their K(K-1)/2 pairs, as InstructGPT's labelers ranked
-    K = 4..9 responses: 6 pairs from 4 samples instead of 1 from 2, so `sizes.pairs` labels
-    cost a third of the sampling."""
+    """Sample K = `sizes.responses_per_prompt` responses per prompt from the SFT model and
+    have the simulated human label each of their K(K-1)/2 pairs, as InstructGPT's labelers
+    ranked K = 4..9 responses: 28 pairs from 8 samples instead of 1 from 2, so `sizes.pairs`
+    labels cost a seventh of the sampling, and the reward model, which scores each response
+    once for all its pairs (`group_shared_responses`), a seventh of the forward passes."""
     from rlhfkit.generation import Sampling, generate_texts
     from rlhfkit.models import load_policy
     from rlhfkit.tasks.sentiment import Labeler
@@ -216,7 +217,7 @@ def label_pairs(bias: str, files, out: Path, sizes: Sizes, seed: int) -> Path:
     model.eval()
     rng = random.Random(seed)
     prompts = [json.loads(line)["prompt"] for line in open(files["prompts"])]
-    k = RESPONSES_PER_PROMPT
+    k = sizes.responses_per_prompt
     chosen_prompts = [rng.choice(prompts) for _ in range(-(-sizes.pairs // math.comb(k, 2)))]
     gen = torch.Generator().manual_seed(seed)
     sampling = Sampling(sizes.max_new_tokens, temperature=1.0)
@@ -236,7 +237,8 @@ def run_reward(files, out: Path, sizes: Sizes, seed: int) -> Path:
     from rlhfkit.recipes.reward_model import RewardModelConfig, train
     cfg = load_config(RewardModelConfig, None, [
         f"model={out / 'sft' / 'model'}", f"data={out / 'data' / 'pairs.jsonl'}",
-        f"out={out / 'reward'}", f"seed={seed}", f"max_steps={sizes.rm_steps}", "batch_size=32",
+        f"out={out / 'reward'}", f"seed={seed}", f"max_steps={sizes.rm_steps}",
+        f"batch_size={sizes.rm_batch}",
         "optim.lr=1e-3", "optim.warmup_steps=20", "max_length=96", "eval_fraction=0.05",
         "log.eval_every=100", "log.save_every=100000", "device=cpu",
         "stats_pairs=2048"])   # mean and std of 4,096 scores are plenty; all 32,000 took 16 s
