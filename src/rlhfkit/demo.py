@@ -56,10 +56,10 @@ class DemoConfig:
                                choices=("length", "first_sentence", "none"))
     kl_coef: float | None = option(None, "KL coefficient of the main RL run (default: 0.2 for "
                                          "sentiment, 0.02 for arithmetic)", ge=0)
-    reward_clip: float | None = option(1.75, "clip the main run's (normalised) reward-model scores "
-                                            "to [-c, c]: once a review is clearly good, more "
-                                            "reward-model score earns nothing, so the policy "
-                                            "stays diverse (null: off)", gt=0)
+    reward_clip: float | None = option(1.75, "clip the main run's (normalised) reward-model "
+                                             "scores to [-c, c]: once a review is clearly good, "
+                                             "more reward-model score earns nothing, so the "
+                                             "policy stays diverse (null: off)", gt=0)
     ent_coef: float = option(0.05, "entropy bonus of the main RL run (sentiment): keeps more of "
                                    "the SFT model's variety of phrasing (the over-optimised run "
                                    "has none)", ge=0)
@@ -241,7 +241,7 @@ def run_reward(files, out: Path, sizes: Sizes, seed: int) -> Path:
         f"batch_size={sizes.rm_batch}",
         "optim.lr=1e-3", "optim.warmup_steps=20", "max_length=96", "eval_fraction=0.05",
         "log.eval_every=100", "log.save_every=100000", "device=cpu",
-        "stats_pairs=2048"])   # mean and std of 4,096 scores are plenty; all 32,000 took 16 s
+        "stats_pairs=2048"])   # mean and std of 4,096 scores are plenty; all pairs took 16 s
     train(cfg)
     return out / "reward" / "model"
 

@@ -454,8 +454,8 @@ class Labeler:
     reward hacking needs to show. "length" is the default (the demo's too): it still
     rewards positivity first, so a policy with a KL penalty learns the intended task, while
     an over-optimised one also grows its reviews with stock sentences, which the gold
-    score, near its ceiling, barely rewards. "first_sentence" lets a policy win with a glowing first
-    sentence and a bad rest.
+    score, near its ceiling, barely rewards. "first_sentence" lets a policy win with a
+    glowing first sentence and a bad rest.
     """
 
     def __init__(self, bias: str = "length", noise_scale: float = 0.1,
