@@ -98,15 +98,15 @@ def _resolve(target: Any) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-# Built-in commands, named by path so that `rlhfkit --help` imports none of them.
-# Keep the config classes of heavy stages in modules that import torch lazily, so that
-# `rlhfkit <stage> --help` stays fast too.
+# Built-in commands, named by path so that `rlhfkit --help` imports none of them. Their
+# config classes live in modules that import no torch (`recipes.options`, `*_config`), so
+# that `rlhfkit <stage> --help` and `--print-config` are instant too (test_cli checks).
 register("init-model", "rlhfkit.recipes.init_model:InitModelConfig",
          "rlhfkit.recipes.init_model:main",
          "a random tiny GPT-2 or Llama and a tokenizer trained on a text file (offline)")
-register("sft", "rlhfkit.recipes.sft:SFTConfig", "rlhfkit.recipes.sft:main",
+register("sft", "rlhfkit.recipes.sft_config:SFTConfig", "rlhfkit.recipes.sft:main",
          "SFT stage: fine-tune a causal LM on demonstrations (loss on completion tokens)")
-register("reward", "rlhfkit.recipes.reward_model:RewardModelConfig",
+register("reward", "rlhfkit.recipes.reward_config:RewardModelConfig",
          "rlhfkit.recipes.reward_model:main",
          "reward-model stage: Bradley-Terry training on preference pairs")
 register("demo", "rlhfkit.demo:DemoConfig", "rlhfkit.demo:main",

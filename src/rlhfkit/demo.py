@@ -33,8 +33,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from rlhfkit.config import load_config, option, save_config
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.recipes.ppo_config import ALGOS
@@ -139,6 +137,7 @@ def busy_cores(seconds: float = 0.5) -> float:
 def pin_threads(cfg: DemoConfig) -> None:
     """Use the cores nobody else is using; on a 2-core machine a busy core slows every stage
     many times over, so say so."""
+    import torch
     cores = os.cpu_count() or 1
     busy = busy_cores()
     threads = cfg.threads or max(1, cores - int(round(busy)))
@@ -210,6 +209,8 @@ def label_pairs(bias: str, files, out: Path, sizes: Sizes, seed: int) -> Path:
     ranked K = 4..9 responses: 28 pairs from 8 samples instead of 1 from 2, so `sizes.pairs`
     labels cost a seventh of the sampling, and the reward model, which scores each response
     once for all its pairs (`group_shared_responses`), a seventh of the forward passes."""
+    import torch
+
     from rlhfkit.generation import Sampling, generate_texts
     from rlhfkit.models import load_policy
     from rlhfkit.tasks.sentiment import Labeler
@@ -274,6 +275,8 @@ def run_rl(configs: list, out: Path) -> None:
     are free: a tiny model keeps a second core only partly busy (here a PPO update of the
     demo took 0.7 s on two cores, 1.1 s on one), so two runs at once take about 1.6x one
     run instead of 2x."""
+    import torch
+
     from rlhfkit.recipes.ppo import train
     threads = torch.get_num_threads()
     if len(configs) == 1 or threads < len(configs):
@@ -325,11 +328,13 @@ def follow_runs(runs) -> None:
 
 # ---------------------------------------------------------------------------- evaluation
 
-@torch.no_grad()
 def sample_with_kl(policy, ref, tok, prompts: list[str], max_new_tokens: int, seed: int,
                    batch_size: int = 128) -> tuple[list[str], list[float]]:
     """Responses at temperature 0.7 and each one's KL to the reference: Σ_t log π/π_ref of
-    the sampled tokens (the k1 estimate, summed over the response)."""
+    the sampled tokens (the k1 estimate, summed over the response). Sampling and scoring run
+    without a graph."""
+    import torch
+
     from rlhfkit.data import collate_prompts, tokenize_prompts
     from rlhfkit.generation import Sampling, sample_responses
     from rlhfkit.recipes.ppo import decode_responses
@@ -362,12 +367,13 @@ def policy_metrics(task, prompts, texts, kls) -> dict[str, float]:
     return {k: round(v, 4) for k, v in out.items()}
 
 
-@torch.no_grad()
 def reward_model_gold_accuracy(task, out: Path, prompts: list[str], sft, tok, sizes: Sizes,
                                seed: int) -> float:
     """Share of held-out response pairs the reward model orders as the gold score does
     (pairs the gold scores as ties are left out): two responses for each prompt, four
     times over, so the figure rests on about a thousand pairs."""
+    import torch
+
     from rlhfkit.data import collate_prompts, encode_prompts, encode_responses
     from rlhfkit.generation import Sampling, generate_texts
     from rlhfkit.models import load_reward_model, score_sequences
@@ -384,7 +390,8 @@ def reward_model_gold_accuracy(task, out: Path, prompts: list[str], sft, tok, si
                                       encode_responses(responses, rm_tok))]
         batch = collate_prompts(rows, rm_tok.pad_token_id)
         return score_sequences(rm, batch["input_ids"], batch["attention_mask"])
-    rm_a, rm_b = scores(a), scores(b)
+    with torch.no_grad():
+        rm_a, rm_b = scores(a), scores(b)
     gold_a, gold_b = task.eval_fn(prompts, a), task.eval_fn(prompts, b)
     right = [(ga > gb) == bool(ra > rb) for ga, gb, ra, rb in zip(gold_a, gold_b, rm_a, rm_b) if ga != gb]
     return round(sum(right) / max(len(right), 1), 4)

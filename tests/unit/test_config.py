@@ -24,8 +24,11 @@ from rlhfkit.config import (
     option_names,
     save_config,
 )
+from rlhfkit.core import KL_ESTIMATORS, REDUCTIONS
 from rlhfkit.errors import ConfigError
+from rlhfkit.recipes.ppo_config import KL_KINDS
 from rlhfkit.recipes.ppo_config import PPOConfig as RealPPOConfig
+from rlhfkit.recipes.ppo_config import REDUCTIONS as CONFIG_REDUCTIONS
 from rlhfkit.recipes.reward_model import RewardModelConfig
 from rlhfkit.recipes.sft import SFTConfig
 
@@ -352,3 +355,8 @@ def test_random_options_of_the_real_commands_load_or_fail_in_one_line(stage_and_
         assert lines == [] and out.getvalue()  # the resolved config was printed
     else:
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+
+
+def test_ppo_config_choices_name_the_core_functions():
+    # ppo_config spells the names out (it must not import torch); they must stay the same.
+    assert KL_KINDS == tuple(KL_ESTIMATORS) and CONFIG_REDUCTIONS == REDUCTIONS

@@ -24,40 +24,17 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from rlhfkit.config import option
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.trunk import score_head
 from rlhfkit.models.value import PolicyWithValueHead, ValueModel
+from rlhfkit.recipes.options import SAVE_MODES, LoraConfig  # the config section, light to import
 
 TASKS = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}  # rlhfkit name -> peft TaskType
-SAVE_MODES = ("merged", "adapter")
 ADAPTER_CONFIG_FILE = "adapter_config.json"
-
-
-@dataclass
-class LoraConfig:
-    """The `lora` section of a config: LoRA on or off, and its shape."""
-
-    r: int = option(0, "LoRA rank; 0: train every weight (no LoRA)", ge=0)
-    alpha: float = option(16.0, "LoRA scale numerator: the update B·A is multiplied by alpha / r",
-                          gt=0)
-    dropout: float = option(0.0, "dropout on the LoRA input (SFT and reward training only: RL "
-                                 "turns every dropout off, this one too)", ge=0, lt=1)
-    target_modules: list[str] = option([], "names of the layers that get adapters, e.g. "
-                                           "[q_proj, v_proj] (default: every linear layer of "
-                                           "the transformer, not the output head)")
-    save: str = option("merged", "how the final model is saved: merged (a plain Hugging Face "
-                                 "folder) or adapter (adapter weights only, base needed to load)",
-                       choices=SAVE_MODES)
-
-    @property
-    def enabled(self) -> bool:
-        return self.r > 0
 
 
 def _import_peft():

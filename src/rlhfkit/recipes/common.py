@@ -9,44 +9,17 @@ import random
 import shutil
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rlhfkit import distributed
-from rlhfkit.config import config_to_dict, option, save_config
+from rlhfkit.config import config_to_dict, save_config
 from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.recipes.options import ComputeConfig, OptimConfig
 
 log = logging.getLogger("rlhfkit")
-
-
-@dataclass
-class OptimConfig:
-    lr: float = option(3e-6, "peak learning rate (AdamW)", gt=0)
-    weight_decay: float = option(0.0, "AdamW weight decay", ge=0)
-    beta1: float = option(0.9, "AdamW beta1", ge=0, lt=1)
-    beta2: float = option(0.999, "AdamW beta2", ge=0, lt=1)
-    eps: float = option(1e-5, "AdamW epsilon (1e-5 as in the N implementation details, #17)", gt=0)
-    max_grad_norm: float | None = option(1.0, "clip the gradient norm to this (null: off)", gt=0)
-    schedule: str = option("linear", "learning-rate decay after warmup",
-                           choices=("constant", "linear", "cosine"))
-    warmup_steps: int = option(0, "optimizer steps of linear warmup from 0", ge=0)
-
-
-@dataclass
-class ComputeConfig:
-    precision: str = option("auto", "fp32, or bf16 autocast (weights, optimizer state and loss "
-                                    "math stay fp32); auto: bf16 on a GPU that supports it, "
-                                    "fp32 on CPU", choices=("auto", "fp32", "bf16"))
-    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass "
-                                                 "(less memory, ~30% more time)")
-    fsdp: bool = option(False, "shard parameters, gradients and optimizer state over the "
-                               "processes (FSDP2), for models that do not fit one device "
-                               "(rl stage; not with LoRA)")
-    timeout: float = option(600.0, "seconds a process waits for the others (rendezvous, "
-                                   "collectives) before it fails instead of hanging", gt=0)
 
 
 def use_bf16(compute: ComputeConfig, device: torch.device) -> bool:

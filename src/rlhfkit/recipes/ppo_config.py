@@ -14,12 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlhfkit.config import REQUIRED, option
-from rlhfkit.core import KL_ESTIMATORS, REDUCTIONS
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.lora import LoraConfig
-from rlhfkit.recipes.common import ComputeConfig, OptimConfig
+from rlhfkit.recipes.options import ComputeConfig, LoraConfig, OptimConfig
 
 ALGOS = ("ppo", "reinforce", "rloo", "grpo")
+# The names of rlhfkit.core.KL_ESTIMATORS and rlhfkit.core.REDUCTIONS, spelled out so that
+# this module imports no torch (test_ppo_config checks that they agree).
+KL_KINDS = ("k1", "k2", "k3")
+REDUCTIONS = ("token_mean", "sequence_mean")
 
 
 @dataclass
@@ -94,7 +96,7 @@ class LossConfig:
 class KLConfig:
     coef: float = option(0.05, "KL coefficient beta (initial value when adaptive)", ge=0)
     estimator: str | None = option(None, "per-token KL estimator (default: k1 in the reward, "
-                                         "k3 as a loss)", choices=tuple(KL_ESTIMATORS) + (None,))
+                                         "k3 as a loss)", choices=KL_KINDS + (None,))
     placement: str = option("auto", "KL penalty in the per-token reward or as a loss term "
                                     "(auto: loss for grpo, reward otherwise)",
                             choices=("auto", "reward", "loss"))

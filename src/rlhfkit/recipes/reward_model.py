@@ -50,92 +50,21 @@ from pathlib import Path
 import torch
 
 from rlhfkit import distributed
-from rlhfkit.config import REQUIRED, option
 from rlhfkit.core import reward_model_loss
 from rlhfkit.data import (TokenizedPair, collate_unique_responses, load_preferences,
                           response_groups, tokenize_preferences)
-from rlhfkit.errors import ConfigError
 from rlhfkit.metrics import MetricsLogger
 from rlhfkit.models import (get_score_stats, init_reward_model, load_reward_model,
                             load_tokenizer, score_packed, score_sequences, set_score_stats)
-from rlhfkit.models.lora import LoraConfig
-from rlhfkit.recipes.common import (ComputeConfig, OptimConfig, autocast, describe_config,
-                                    fit_context, model_context, out_of_memory_hint,
+from rlhfkit.recipes.common import (autocast, describe_config, fit_context,
+                                    model_context, out_of_memory_hint,
                                     seed_everything, setup_logging, start_world, use_bf16)
-from rlhfkit.recipes.sft import (DTYPES, TrainLogConfig, guarded_step, load_splits, open_run,
+from rlhfkit.recipes.reward_config import RewardModelConfig, RewardOptimConfig  # noqa: F401
+from rlhfkit.recipes.sft import (guarded_step, load_splits, open_run,
                                  prepare_model, save_final, to_device, training_state,
                                  with_lora, write_checkpoint)
 
 log = logging.getLogger("rlhfkit")
-
-
-# ---------------------------------------------------------------------------- config
-
-@dataclass
-class RewardOptimConfig(OptimConfig):
-    lr: float = option(1e-5, "peak learning rate (AdamW)", gt=0)
-
-
-@dataclass
-class RewardModelConfig:
-    model: str = option(REQUIRED, "the backbone: a causal LM folder or hub id (usually the SFT "
-                                  "model, OUT/model of `rlhfkit sft`)")
-    data: str = option(REQUIRED, "preference pairs (JSONL/JSON/CSV/Parquet with prompt + chosen + "
-                                 "rejected [+ margin], chosen + rejected texts or chats), "
-                                 "datasets folder, or hub id")
-    out: str = option(REQUIRED, "run folder: metrics, checkpoints, the reward model in OUT/model")
-    eval_data: str | None = option(None, "held-out pairs (default: hold out eval_fraction of "
-                                          "`data`)")
-    eval_fraction: float = option(0.05, "share of `data` held out for evaluation when eval_data "
-                                        "is not given (0: no evaluation)", ge=0, lt=1)
-    split: str = option("train", "split of `data` (datasets folders and hub ids)")
-    eval_split: str = option("test", "split of `eval_data` (datasets folders and hub ids)")
-    max_length: int = option(512, "tokens per prompt + response; longer pairs lose the start "
-                                  "of the prompt", gt=1)
-    batch_size: int = option(8, "pairs per forward/backward pass (2 × rows: chosen and rejected)",
-                             gt=0)
-    grad_accum: int = option(1, "micro-batches per optimizer step, over all processes "
-                                "(gradient accumulation; each of W processes runs "
-                                "grad_accum / W)", gt=0)
-    epochs: int = option(1, "passes over the training pairs", gt=0)
-    packing: bool = option(True, "put several short rows of a micro-batch in one row as "
-                                 "long as its longest, each attending only to itself "
-                                 "(position ids restart per row): the same scores with less "
-                                 "padding; falls back to padding for a model whose attention "
-                                 "cannot keep packed rows apart")
-    group_shared_responses: bool = option(True, "shuffle groups of pairs that share a response, "
-                                                "not single pairs, so a micro-batch scores each "
-                                                "response once (K responses ranked for a prompt: "
-                                                "K rows instead of K(K-1), as InstructGPT)")
-    max_steps: int | None = option(None, "optimizer steps in all; overrides epochs", gt=0)
-    stop_after: int | None = option(None, "end this session once the run has done this "
-                                          "many optimizer steps in all (a checkpoint is written; "
-                                          "resume=true continues the same schedule)", gt=0)
-    center_coef: float = option(0.0, "weight of the reward-centring term mean((r_c + r_r)²)",
-                                ge=0)
-    stats_pairs: int | None = option(None, "training pairs scored at the end for the score "
-                                           "mean/std PPO normalises with (null: all)", gt=0)
-    dropout: bool = option(False, "keep the backbone's dropout while training")
-    optim: RewardOptimConfig = option(RewardOptimConfig, "optimizer")
-    seed: int = option(0, "random seed (head init, held-out split, data order)")
-    device: str = option("auto", "auto, cpu, cuda, cuda:N")
-    dtype: str = option("float32", "weights dtype", choices=DTYPES)
-    trust_remote_code: bool = option(False, "allow models that ship their own Python code")
-    resume: bool = option(False, "continue the run in `out` from its last checkpoint")
-    overwrite: bool = option(False, "replace a run that already exists in `out`")
-    log: TrainLogConfig = option(TrainLogConfig, "evaluation, checkpoints and metric mirrors")
-    compute: ComputeConfig = option(ComputeConfig, "precision, memory and many processes")
-    lora: LoraConfig = option(LoraConfig, "train LoRA adapters (and the score head) instead of "
-                                          "every weight; the reward model is saved merged")
-
-    def validate(self) -> None:
-        if self.compute.fsdp:
-            raise ConfigError("compute.fsdp: sharded training is available in the RL stage "
-                              "(rlhfkit ppo); for the reward model use data parallelism, "
-                              "LoRA or compute.gradient_checkpointing")
-        if self.lora.enabled and self.lora.save != "merged":
-            raise ConfigError("lora.save: a reward model is saved merged (its score mean and "
-                              "std live in its config, which an adapter folder has not)")
 
 
 # ---------------------------------------------------------------------------- scoring
