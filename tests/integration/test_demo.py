@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rlhfkit.config import load_config
-from rlhfkit.demo import DemoConfig, main
+from rlhfkit.demo import DemoConfig, agreement, main
 
 
 def test_fast_sentiment_demo_writes_every_stage_and_the_report(tmp_path):
@@ -27,11 +27,26 @@ def test_fast_sentiment_demo_writes_every_stage_and_the_report(tmp_path):
     # even at these sizes the whole pipeline works: the gold score (never trained on) rose
     assert report["after"]["gold"] > report["before"]["gold"] + 0.1, report
     assert 0.0 <= report["reward_model_gold_accuracy"] <= 1.0
+    # the labeler's noiseless length-biased score orders most pairs as gold, not all
+    assert 0.8 < report["labeler_gold_agreement"] < 1.0
+    gaps = report["reward_model_gold_accuracy_by_gap"]
+    assert list(gaps) == ["0.0-0.05", "0.05-0.2", "0.2-0.5", "0.5-inf"]
+    assert sum(g["pairs"] for g in gaps.values()) > 100
+    # every stage is timed, the report too, and the total counts the time between them
+    assert "8. report" in report["stage_seconds"]
+    assert report["seconds"] >= sum(report["stage_seconds"].values()) - 0.5
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 5 and "Samples before and after" in page
     ppo_rows = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert all("gold/mean" in row for row in ppo_rows)
     assert (out / "figures" / "reward_vs_kl.png").exists()
+
+
+def test_agreement_counts_pairs_ordered_as_gold_by_hand():
+    gold_a, gold_b = [0.9, 0.1, 0.5, 0.3, 0.2], [0.1, 0.8, 0.5, 0.1, 0.4]
+    # pair 3 is a gold tie (left out); 1 and 2 agree, 4 disagrees, 5 ties in the scores
+    assert agreement(gold_a, gold_b, [2, 0, 7, 0, 1], [1, 3, 0, 5, 1]) == 0.5
+    assert agreement([0.2], [0.2], [1], [0]) == 0.0  # nothing left to count
 
 
 def test_demo_refuses_an_occupied_folder_and_an_unknown_task(tmp_path):

@@ -26,6 +26,7 @@ __all__ = ["plot_metrics", "plot_reward_vs_kl", "smooth", "numeric_keys", "gold_
 REFERENCE_LINES = {"ratio_mean": 1.0, "value/explained_variance": 0.0, "advantages/mean": 0.0}
 COLUMNS = 3
 DPI = 100
+PANEL_INCHES = (4.3, 2.9)  # width, height of one panel of a metrics figure
 
 
 def _pyplot():
@@ -136,7 +137,8 @@ def _draw_stack(ax, rows, keys: tuple[str, ...]) -> None:
 def _figure(plt, rows, panels, title: str):
     cols = min(COLUMNS, len(panels))
     nrows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.3 * cols, 2.9 * nrows), squeeze=False)
+    width, height = PANEL_INCHES
+    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, height * nrows), squeeze=False)
     flat = [ax for line in axes for ax in line]
     for i, ((kind, keys), ax) in enumerate(zip(panels, flat)):
         if kind == "stack":
@@ -151,8 +153,21 @@ def _figure(plt, rows, panels, title: str):
     for ax in flat[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=12, fontweight="bold")
-    fig.tight_layout()
+    _fixed_margins(fig, nrows, cols)
     return fig
+
+
+def _fixed_margins(fig, nrows: int, cols: int) -> None:
+    """Margins in inches, the same for every figure of panels: room for 8-point tick labels
+    and a y label on the left, an x label and the next row's title between rows, the
+    suptitle on top. `tight_layout` finds about the same by drawing each figure once more:
+    the demo's 64 panels took 5.5 s a run with it, 3.1 s without."""
+    width, height = fig.get_size_inches()
+    left, right, bottom, top, gap_x, gap_y = 0.75, 0.15, 0.45, 0.55, 0.65, 0.7
+    panel_w = (width - left - right - gap_x * (cols - 1)) / cols
+    panel_h = (height - bottom - top - gap_y * (nrows - 1)) / nrows
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=gap_x / panel_w, hspace=gap_y / panel_h)
 
 
 def plot_metrics(rows: Sequence[Mapping], out_dir: str | Path) -> list[Path]:
