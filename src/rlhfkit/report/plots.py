@@ -152,7 +152,8 @@ def _figure(plt, rows, panels, title: str):
         ax.set_xlabel("update", fontsize=8)
     for ax in flat[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(title, fontsize=12, fontweight="bold")
+    # the suptitle 0.1 inch below the top edge, whatever the figure's height
+    fig.suptitle(title, fontsize=12, fontweight="bold", y=1 - 0.1 / (height * nrows))
     _fixed_margins(fig, nrows, cols)
     return fig
 
@@ -163,7 +164,7 @@ def _fixed_margins(fig, nrows: int, cols: int) -> None:
     suptitle on top. `tight_layout` finds about the same by drawing each figure once more:
     the demo's 64 panels took 5.5 s a run with it, 3.1 s without."""
     width, height = fig.get_size_inches()
-    left, right, bottom, top, gap_x, gap_y = 0.75, 0.15, 0.45, 0.55, 0.65, 0.7
+    left, right, bottom, top, gap_x, gap_y = 0.75, 0.15, 0.45, 0.65, 0.65, 0.7
     panel_w = (width - left - right - gap_x * (cols - 1)) / cols
     panel_h = (height - bottom - top - gap_y * (nrows - 1)) / nrows
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
