@@ -37,6 +37,7 @@ def test_fast_sentiment_demo_writes_every_stage_and_the_report(tmp_path):
     assert report["seconds"] >= sum(report["stage_seconds"].values()) - 0.5
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 5 and "Samples before and after" in page
+    assert "stage_seconds" in page and "labeler_gold_agreement" in page
     ppo_rows = [json.loads(line) for line in (out / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert all("gold/mean" in row for row in ppo_rows)
     assert (out / "figures" / "reward_vs_kl.png").exists()
