@@ -431,7 +431,7 @@ def reward_model_check(task, out: Path, prompts: list[str], sft, tok, sizes: Siz
 
 
 def evaluate(task, files, out: Path, sizes: Sizes, seed: int, runs: list[str],
-             bias: str = "length") -> dict:
+             bias: str) -> dict:
     """Before (SFT) and after (each RL run) on held-out prompts; writes OUT/eval.json."""
     from rlhfkit.models import load_causal_lm, load_tokenizer
     tok = load_tokenizer(out / "sft" / "model")

@@ -135,7 +135,6 @@ def test_entropy_uniform_is_log_v_and_matches_definition():
     assert torch.allclose(entropy_from_logits(logits, 0.7), -(p * p.log()).sum(-1), atol=1e-5)
 
 
-
 def test_logged_entropy_has_no_graph_and_the_same_values():
     """entropy_grad=False (no entropy bonus: the entropy is only logged) takes π from
     exp(z/τ − logsumexp) instead of softmax: the same numbers, no graph; the log-probs keep
@@ -151,6 +150,7 @@ def test_logged_entropy_has_no_graph_and_the_same_values():
     assert torch.allclose(h_logged, -(p * p.log()).sum(-1), atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(logprobs_and_entropy(logits, tokens, 0.7)[1], h, atol=1e-5)
+
 
 def test_logprob_bad_input():
     with pytest.raises(ValueError, match="temperature"):

@@ -112,6 +112,5 @@ def _entropy(scaled: torch.Tensor, log_norm: torch.Tensor, grad: bool) -> torch.
     if grad and torch.is_grad_enabled():
         return log_norm - (torch.softmax(scaled, dim=-1) * scaled).sum(-1)
     with torch.no_grad():
-        scaled, log_norm = scaled.detach(), log_norm.detach()
         probs = (scaled - log_norm.unsqueeze(-1)).exp_()
         return log_norm - torch.linalg.vecdot(probs, scaled)
