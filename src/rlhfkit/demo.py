@@ -28,7 +28,6 @@ import math
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -277,11 +276,20 @@ def rl_config(task, algo: str, files, out: Path, sizes: Sizes, seed: int, name: 
         "log.sample_every=10", "log.save_every=100000"])
 
 
+# How the side-by-side RL processes start: forked on Linux; fork is unsafe with macOS's
+# system frameworks, so elsewhere they start afresh and import torch themselves.
+RL_START_METHOD = "fork" if sys.platform == "linux" else "spawn"
+
+
 def run_rl(configs: list, out: Path) -> None:
     """Run the RL configs; two of them side by side, one process per core, when two cores
     are free: a tiny model keeps a second core only partly busy (here a PPO update of the
     demo took 0.7 s on two cores, 1.1 s on one), so two runs at once take about 1.6x one
-    run instead of 2x."""
+    run instead of 2x. On Linux the processes are forked from this one, so they start with
+    torch and transformers already imported (a new interpreter spent 6-7 s on its imports,
+    two of them at once on two cores)."""
+    import multiprocessing
+
     import torch
 
     from rlhfkit.recipes.ppo import train
@@ -290,28 +298,45 @@ def run_rl(configs: list, out: Path) -> None:
         for cfg in configs:
             train(cfg)
         return
+    context = multiprocessing.get_context(RL_START_METHOD)
     runs = []
     for cfg in configs:
         name = Path(cfg.out).name
         save_config(cfg, out / f"{name}.yaml")
-        output = open(out / f"{name}.out", "w")
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads // len(configs)))
-        cmd = [sys.executable, "-m", "rlhfkit", "ppo", "--config", str(out / f"{name}.yaml")]
-        runs.append((cfg, subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, env=env),
-                     output))
+        output = out / f"{name}.out"
+        proc = context.Process(target=rl_process, name=name,
+                               args=(str(out / f"{name}.yaml"), str(output),
+                                     threads // len(configs)))
+        proc.start()
+        runs.append((cfg, proc, output))
     try:
         follow_runs(runs)
     finally:
-        for _, proc, output in runs:
-            if proc.poll() is None:
+        for _, proc, _ in runs:
+            if proc.is_alive():
                 proc.terminate()
-                proc.wait()
-            output.close()
+            proc.join()
     for cfg, proc, output in runs:
-        if proc.returncode != 0:
-            tail = Path(output.name).read_text(errors="replace").splitlines()[-15:]
-            raise RlhfkitError(f"the RL run in '{cfg.out}' failed (exit {proc.returncode}); the "
-                               f"end of its output ({output.name}):\n" + "\n".join(tail))
+        if proc.exitcode != 0:
+            tail = output.read_text(errors="replace").splitlines()[-15:]
+            raise RlhfkitError(f"the RL run in '{cfg.out}' failed (exit {proc.exitcode}); the "
+                               f"end of its output ({output}):\n" + "\n".join(tail))
+
+
+def rl_process(config_path: str, output: str, threads: int) -> None:
+    """The body of a side-by-side RL process: `rlhfkit ppo --config CONFIG_PATH` on
+    `threads` torch threads, its output (Python's and C's) in the file `output`."""
+    import torch
+
+    from rlhfkit.cli import main as cli_main
+    log_file = open(output, "w", buffering=1)
+    os.dup2(log_file.fileno(), 1)
+    os.dup2(log_file.fileno(), 2)
+    sys.stdout = sys.stderr = log_file
+    torch.set_num_threads(threads)
+    code = cli_main(["ppo", "--config", config_path])
+    log_file.flush()
+    sys.exit(code)
 
 
 def follow_runs(runs) -> None:
@@ -326,11 +351,12 @@ def follow_runs(runs) -> None:
     names = " + ".join(Path(cfg.out).name for cfg, _, _ in runs)
     with tqdm(total=sum(cfg.batch.num_updates for cfg, _, _ in runs), desc=names,
               unit="update") as bar:
-        while any(proc.poll() is None for _, proc, _ in runs):
-            if any(proc.returncode not in (None, 0) for _, proc, _ in runs):
+        while any(proc.is_alive() for _, proc, _ in runs):
+            if any(proc.exitcode not in (None, 0) for _, proc, _ in runs):
                 return
             time.sleep(0.5)
             bar.update(sum(updates(cfg) for cfg, _, _ in runs) - bar.n)
+        bar.update(sum(updates(cfg) for cfg, _, _ in runs) - bar.n)
 
 
 # ---------------------------------------------------------------------------- evaluation

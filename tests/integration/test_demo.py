@@ -60,13 +60,19 @@ def test_demo_refuses_an_occupied_folder_and_an_unknown_task(tmp_path):
         assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_side_by_side_rl_runs_stop_and_name_the_run_that_failed(tmp_path):
-    """With two free cores the demo's two RL runs go on in two processes; one that fails
-    stops the stage with an error that names its folder and shows the end of its output."""
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_side_by_side_rl_runs_stop_and_name_the_run_that_failed(tmp_path, monkeypatch,
+                                                                start_method):
+    """With two free cores the demo's two RL runs go on in two processes (forked on Linux,
+    started afresh elsewhere); one that fails stops the stage with an error that names its
+    folder and shows the end of its output."""
     import torch
+
+    from rlhfkit import demo
     from rlhfkit.demo import run_rl
     from rlhfkit.errors import RlhfkitError
     from rlhfkit.recipes.ppo_config import PPOConfig
+    monkeypatch.setattr(demo, "RL_START_METHOD", start_method)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "The acting was"}\n')
     (tmp_path / "no_model").mkdir()
@@ -77,8 +83,10 @@ def test_side_by_side_rl_runs_stop_and_name_the_run_that_failed(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with pytest.raises(RlhfkitError, match=r"the RL run in '.*' failed \(exit \d+\)"):
+        with pytest.raises(RlhfkitError, match=r"the RL run in '.*' failed \(exit \d+\)") as failed:
             run_rl(configs, tmp_path)
     finally:
         torch.set_num_threads(threads)
     assert (tmp_path / "ppo.yaml").exists() and (tmp_path / "ppo_overopt.out").exists()
+    # the failed run's own one-line error, which the child wrote into its output file
+    assert "error: no tokenizer files in" in str(failed.value)
