@@ -334,9 +334,7 @@ def rl_process(config_path: str, output: str, threads: int) -> None:
     os.dup2(log_file.fileno(), 2)
     sys.stdout = sys.stderr = log_file
     torch.set_num_threads(threads)
-    code = cli_main(["ppo", "--config", config_path])
-    log_file.flush()
-    sys.exit(code)
+    sys.exit(cli_main(["ppo", "--config", config_path]))  # multiprocessing flushes the file
 
 
 def follow_runs(runs) -> None:
