@@ -316,11 +316,14 @@ def run_rl(configs: list, out: Path) -> None:
             if proc.is_alive():
                 proc.terminate()
             proc.join()
-    for cfg, proc, output in runs:
-        if proc.exitcode != 0:
-            tail = output.read_text(errors="replace").splitlines()[-15:]
-            raise RlhfkitError(f"the RL run in '{cfg.out}' failed (exit {proc.exitcode}); the "
-                               f"end of its output ({output}):\n" + "\n".join(tail))
+    # a run that failed on its own (exit > 0) first: the other one may have been terminated
+    # above because of it (exit < 0, the signal)
+    failed = sorted((run for run in runs if run[1].exitcode != 0),
+                    key=lambda run: run[1].exitcode < 0)
+    for cfg, proc, output in failed[:1]:
+        tail = output.read_text(errors="replace").splitlines()[-15:]
+        raise RlhfkitError(f"the RL run in '{cfg.out}' failed (exit {proc.exitcode}); the "
+                           f"end of its output ({output}):\n" + "\n".join(tail))
 
 
 def rl_process(config_path: str, output: str, threads: int) -> None:
