@@ -239,13 +239,14 @@ def label_pairs(bias: str, files, out: Path, sizes: Sizes, seed: int) -> Path:
     return write_jsonl(out / "data" / "pairs.jsonl", rows)
 
 
-def run_reward(files, out: Path, sizes: Sizes, seed: int) -> Path:
+def run_reward(files, out: Path, sizes: Sizes, seed: int, pooling: str = "last") -> Path:
     from rlhfkit.recipes.reward_model import RewardModelConfig, train
     cfg = load_config(RewardModelConfig, None, [
         f"model={out / 'sft' / 'model'}", f"data={out / 'data' / 'pairs.jsonl'}",
         f"out={out / 'reward'}", f"seed={seed}", f"max_steps={sizes.rm_steps}",
         f"batch_size={sizes.rm_batch}",
         "optim.lr=1e-3", "optim.warmup_steps=20", "max_length=96", "eval_fraction=0.05",
+        f"pooling={pooling}",
         # held-out accuracy at steps 0, 250 and 500 (an evaluation of 800 pairs takes 1 s);
         # the mean and std of 4,096 scores are plenty (all pairs took 16 s)
         "log.eval_every=250", "log.save_every=100000", "device=cpu", "stats_pairs=2048"])
@@ -504,7 +505,8 @@ def main(cfg: DemoConfig) -> int:
     if task.reward_fn is None:
         stages.run("4. human feedback (simulated)", label_pairs, cfg.labeler_bias, files, out,
                    sizes, cfg.seed)
-        stages.run("5. reward model", run_reward, files, out, sizes, cfg.seed)
+        stages.run("5. reward model", run_reward, files, out, sizes, cfg.seed,
+                   cfg.rm_pooling)
         runs.append(f"{algo}_overopt")   # the same run with a tiny KL coefficient, unclipped
     ent_coef = 0.0 if task.reward_fn else cfg.ent_coef
     configs = [rl_config(task, algo, files, out, sizes, cfg.seed, algo, kl_coef, cfg.reward_clip,

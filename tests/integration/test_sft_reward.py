@@ -33,7 +33,7 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.generation import Sampling, sample_responses
 from rlhfkit.metrics import read_metrics
 from rlhfkit.models import (get_score_stats, init_reward_model, load_reward_model,
-                            load_tokenizer, score_sequences)
+                            load_tokenizer, pooling_of, score_sequences)
 from rlhfkit.recipes import reward_model, sft
 
 RLHFKIT = str(Path(sys.executable).with_name("rlhfkit"))
@@ -213,12 +213,13 @@ def test_reward_model_loads_in_plain_transformers_with_identical_scores(rm_run, 
     assert std == pytest.approx(float(scores.std()), abs=1e-4)
 
 
+@pytest.mark.parametrize("pooling", ["last", "sum"])
 def test_scoring_each_distinct_response_once_gives_the_two_pass_loss_and_gradient(
-        tiny_gpt2_dir):
+        tiny_gpt2_dir, pooling):
     """K = 3 responses to each of 4 prompts, all 3 pairs of each: the grouped batch scores 12
     rows instead of 24, and its Bradley-Terry loss and gradient are those of scoring the
     chosen and the rejected row of every pair apart (collate_preferences), padded or
-    packed."""
+    packed; read at the last token or summed over every token."""
     rng = random.Random(0)
     rows = []
     for subject in SUBJECTS[:4]:
@@ -231,7 +232,7 @@ def test_scoring_each_distinct_response_once_gives_the_two_pass_loss_and_gradien
     pairs = [PreferencePair(**row) for row in rows]
     items = tokenize_preferences(pairs, tokenizer, 64)[0]
     torch.manual_seed(0)
-    model = init_reward_model(tiny_gpt2_dir, tokenizer).eval()
+    model = init_reward_model(tiny_gpt2_dir, tokenizer, pooling=pooling).eval()
 
     def loss_and_grad(chosen, rejected):
         loss, _ = reward_model.reward_model_loss(chosen, rejected, None, 0.0)
@@ -257,6 +258,30 @@ def test_scoring_each_distinct_response_once_gives_the_two_pass_loss_and_gradien
     for g, g_apart in zip(grads_packed, grads_apart, strict=True):
         torch.testing.assert_close(g, g_apart, atol=1e-5, rtol=1e-4)
     assert reward_model.packing_works(model, items, tokenizer.pad_token_id, "cpu")
+
+
+def test_sum_pooled_reward_model_learns_and_reloads_with_its_pooling(tiny_gpt2_dir, data_dir,
+                                                                    tmp_path):
+    run = reward_model.train(reward_cfg(tiny_gpt2_dir, data_dir, tmp_path / "run",
+                                        "pooling=sum"))
+    print("sum pooling, held-out accuracy:", run.first_eval["eval/accuracy"], "->",
+          run.last_eval["eval/accuracy"])
+    assert run.last_eval["eval/accuracy"] >= 0.9
+    reloaded, tokenizer = load_reward_model(run.run_dir / "model")
+    assert pooling_of(reloaded) == "sum"
+    # the score is the head summed over the real tokens, by hand from plain transformers
+    plain = AutoModelForSequenceClassification.from_pretrained(run.run_dir / "model").eval()
+    pairs = load_preferences(data_dir / "prefs_eval.jsonl", tokenizer)[:16]
+    batch = collate_preferences(tokenize_preferences(pairs, tokenizer, 512)[0],
+                                tokenizer.pad_token_id)
+    ids, mask = batch["chosen_input_ids"], batch["chosen_attention_mask"]  # right-padded
+    with torch.no_grad():
+        hidden = plain.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        by_hand = (plain.score(hidden).squeeze(-1) * mask).sum(-1)
+        torch.testing.assert_close(score_sequences(reloaded.eval(), ids, mask), by_hand,
+                                   atol=1e-4, rtol=0)
+        last = plain(input_ids=ids, attention_mask=mask).logits[:, 0]
+    assert not torch.allclose(by_hand, last, atol=1e-2)  # a different reading from transformers'
 
 
 def test_reward_model_resume_is_bit_exact(tiny_gpt2_dir, data_dir, tmp_path):

@@ -11,7 +11,8 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models import (PolicyWithValueHead, ValueModel, build_tiny_model, disable_dropout,
                             get_score_stats, init_reward_model, load_causal_lm, load_policy,
-                            load_reward_model, load_tokenizer, score_sequences, set_score_stats)
+                            load_reward_model, load_tokenizer, pooling_of, score_sequences,
+                            set_score_stats)
 
 ATOL = 1e-5
 ARCHS = ["gpt2", "llama"]
@@ -188,6 +189,21 @@ def test_reward_model_loads_in_plain_transformers_with_same_scores(reward_dir, t
                                    atol=ATOL, rtol=0)
 
 
+def test_pooling_is_last_unless_saved_otherwise_and_unknown_poolings_are_refused(
+        tiny_gpt2_dir, tmp_path):
+    tokenizer = load_tokenizer(tiny_gpt2_dir)
+    last = init_reward_model(tiny_gpt2_dir, tokenizer)
+    assert pooling_of(last) == "last" and not hasattr(last.config, "rlhfkit_pooling")
+    init_reward_model(tiny_gpt2_dir, tokenizer, pooling="sum").save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert pooling_of(load_reward_model(tmp_path)[0]) == "sum"
+    with pytest.raises(ConfigError, match="pooling: got 'mean', expected one of last, sum"):
+        init_reward_model(tiny_gpt2_dir, tokenizer, pooling="mean")
+    last.config.rlhfkit_pooling = "max"
+    with pytest.raises(RlhfkitError, match="rlhfkit_pooling.*'max'"):
+        pooling_of(last)
+
+
 def test_score_stats_absent_by_default_and_std_must_be_positive(reward_dir):
     model, _ = load_reward_model(reward_dir)
     assert get_score_stats(model) is None
@@ -217,8 +233,10 @@ def _layouts(seqs, neighbours):
     yield "neighbours", [[s] + neighbours for s in seqs], "left"
 
 
-def test_scores_and_values_ignore_padding_and_neighbours(reward_dir):
+@pytest.mark.parametrize("pooling", ["last", "sum"])
+def test_scores_and_values_ignore_padding_and_neighbours(reward_dir, pooling):
     rm, tokenizer = load_reward_model(reward_dir, dtype="float32")
+    rm.config.rlhfkit_pooling = pooling
     critic = ValueModel(rm)
     seqs = some_sequences(3, len(tokenizer), seed=1)
     neighbours = some_sequences(2, len(tokenizer), seed=2)[::-1] + [[5] * 30 + [2]]

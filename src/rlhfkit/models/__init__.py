@@ -15,8 +15,8 @@ from rlhfkit.models.lora import (LoraConfig, adapters_disabled, add_lora, is_ada
                                  is_lora, load_lora_adapter, save_lora_model,
                                  trainable_parameters)
 from rlhfkit.models.reward import (get_score_stats, init_reward_model, last_token_index,
-                                   load_reward_model, score_packed, score_sequences,
-                                   set_score_stats)
+                                   load_reward_model, pooling_of, score_packed,
+                                   score_sequences, set_score_stats)
 from rlhfkit.models.tiny import build_tiny_model, train_tokenizer
 from rlhfkit.models.trunk import score_head, trunk, trunk_hidden_states
 from rlhfkit.models.value import PolicyWithValueHead, ValueModel
@@ -24,6 +24,7 @@ from rlhfkit.models.value import PolicyWithValueHead, ValueModel
 __all__ = [
     "load_tokenizer", "load_causal_lm", "load_policy", "disable_dropout",
     "init_reward_model", "load_reward_model", "score_sequences", "score_packed", "last_token_index",
+    "pooling_of",
     "set_score_stats", "get_score_stats",
     "trunk", "score_head", "trunk_hidden_states",
     "PolicyWithValueHead", "ValueModel",

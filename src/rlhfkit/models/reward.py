@@ -8,7 +8,12 @@ sequence is the head's output at its last real token, the EOS:
     mask       0     0      1    1    1       1          1      1
     score                                                       ^ read here
 
-(N detail: read at the EOS, never at a pad.) The statistics of the scores on reference
+(N detail: read at the EOS, never at a pad.) With `pooling="sum"` the score is instead the
+sum of the head's outputs at every attended token, r = Σ_t w·h_t + b: a reward that adds
+up over the text, as lexicon scores like VADER do (each token's part depends only on the
+tokens before it, so a shared prompt adds the same amount to every response to it and
+cancels in a comparison). The choice lives in `model.config.rlhfkit_pooling`; tools that
+read only the last token (transformers' own `logits`) see the "last" score. The statistics of the scores on reference
 responses (`set_score_stats`) live in `model.config`, so they save with the model and PPO
 can normalise rewards to mean 0, std 1 (N+ detail).
 """
@@ -27,13 +32,19 @@ from rlhfkit.models.loading import (fit_to_tokenizer, from_pretrained, load_toke
 from rlhfkit.models.trunk import score_head, trunk, trunk_hidden_states
 
 
+POOLINGS = ("last", "sum")
+
+
 def init_reward_model(backbone_path_or_id, tokenizer, dtype="auto",
-                      trust_remote_code: bool = False):
+                      trust_remote_code: bool = False, pooling: str = "last"):
     """A new reward model: the trunk of a causal LM (usually the SFT model) plus a fresh head.
 
     The head is initialised normal with std 1/sqrt(H + 1) and bias 0 (N+ detail, after
     OpenAI's lm-human-preferences), drawn from torch's global RNG: seed it first.
+    `pooling` ("last" or "sum") is how a sequence's score is read (see the module's text).
     """
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling: got {pooling!r}, expected one of {', '.join(POOLINGS)}")
     model = from_pretrained(AutoModelForSequenceClassification, backbone_path_or_id,
                             num_labels=1, dtype=torch_dtype(dtype),
                             trust_remote_code=trust_remote_code)
@@ -43,7 +54,18 @@ def init_reward_model(backbone_path_or_id, tokenizer, dtype="auto",
         nn.init.normal_(head.weight, std=1.0 / math.sqrt(head.in_features + 1))
         if head.bias is not None:
             head.bias.zero_()
+    if pooling != "last":  # "last" writes nothing: the config stays a plain classifier's
+        model.config.rlhfkit_pooling = pooling
     return model
+
+
+def pooling_of(model) -> str:
+    """How `model` reads a sequence's score: "last" (the EOS) or "sum" (every token)."""
+    pooling = getattr(model.config, "rlhfkit_pooling", "last")
+    if pooling not in POOLINGS:
+        raise RlhfkitError(f"rlhfkit_pooling in the reward model's config.json: got "
+                           f"{pooling!r}, expected one of {', '.join(POOLINGS)}")
+    return pooling
 
 
 def _check_is_reward_model(name: str, trust_remote_code: bool) -> None:
@@ -81,13 +103,17 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def score_sequences(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Reward-model scores, read at each row's last attended token: (B, L) -> (B,) float32.
+    """Reward-model scores, read at each row's last attended token (or summed over its
+    attended tokens, `pooling="sum"`): (B, L) -> (B,) float32.
 
     Padding on either side and the other rows of the batch do not change a score, because
     position ids come from the mask. Gradients flow (reward-model training uses this);
     wrap in `torch.no_grad()` for scoring rollouts.
     """
     hidden = trunk_hidden_states(model, input_ids, attention_mask)        # (B, L, H)
+    if pooling_of(model) == "sum":
+        per_token = score_head(model)(hidden).squeeze(-1).float()         # (B, L)
+        return (per_token * attention_mask).sum(-1)                       # (B,)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last_hidden = hidden[rows, last_token_index(attention_mask)]         # (B, H)
     return score_head(model)(last_hidden).squeeze(-1).float()            # (B,)
@@ -96,10 +122,17 @@ def score_sequences(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 def score_packed(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
                  last_token: torch.Tensor) -> torch.Tensor:
     """Scores of sequences packed several to a row (`rlhfkit.data.pack_sequences`: position
-    ids restart with each, no attention mask), read at each one's last token:
+    ids restart with each, no attention mask), read at each one's last token (or summed
+    from its first, `pooling="sum"`, which starts last_token's position id before it):
     input_ids, position_ids (R, L), last_token (U, 2) (row, column) -> (U,) float32."""
     hidden = trunk(model)(input_ids=input_ids, position_ids=position_ids,
                           use_cache=False).last_hidden_state                 # (R, L, H)
+    if pooling_of(model) == "sum":
+        per_token = score_head(model)(hidden).squeeze(-1).float()            # (R, L)
+        upto = nn.functional.pad(per_token.cumsum(-1), (1, 0))              # (R, L + 1)
+        row, end = last_token[:, 0], last_token[:, 1]
+        start = end - position_ids[row, end]
+        return upto[row, end + 1] - upto[row, start]                         # (U,)
     last_hidden = hidden[last_token[:, 0], last_token[:, 1]]                 # (U, H)
     return score_head(model)(last_hidden).squeeze(-1).float()                # (U,)
 

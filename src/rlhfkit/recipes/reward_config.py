@@ -58,6 +58,10 @@ class RewardModelConfig:
     stats_pairs: int | None = option(None, "training pairs scored at the end for the score "
                                            "mean/std PPO normalises with (null: all)", gt=0)
     dropout: bool = option(False, "keep the backbone's dropout while training")
+    pooling: str = option("last", "how a sequence's score is read: last (the head at the last "
+                                  "token, as transformers' classifiers) or sum (the head summed "
+                                  "over every token: a reward that adds up over the text); "
+                                  "saved in the model's config", choices=("last", "sum"))
     optim: RewardOptimConfig = option(RewardOptimConfig, "optimizer")
     seed: int = option(0, "random seed (head init, held-out split, data order)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")

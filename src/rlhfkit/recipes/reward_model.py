@@ -235,7 +235,7 @@ def train(cfg: RewardModelConfig) -> RewardRun:
     if resume_from is not None and not cfg.lora.enabled:
         model, _ = load_reward_model(resume_from / "model", **load)
     else:  # LoRA: the adapters and the trained head come from the checkpoint
-        model = init_reward_model(cfg.model, tokenizer, **load)
+        model = init_reward_model(cfg.model, tokenizer, pooling=cfg.pooling, **load)
     model = with_lora(model, cfg, resume_from, "seq_cls")
     prepare_model(model, cfg, device)
     pack = cfg.packing and packing_works(model, train_items, pad_id, device)
