@@ -63,6 +63,9 @@ class DemoConfig:
                                    "has none)", ge=0)
     overopt_kl_coef: float = option(0.001, "KL coefficient of the over-optimised run (sentiment; "
                                            "its scores are not clipped)", ge=0)
+    rm_pooling: str = option("last", "how the reward model reads a review's score (sentiment): "
+                                     "last (at its last token) or sum (summed over its tokens)",
+                             choices=("last", "sum"))
     seed: int = option(0, "random seed")
     threads: int | None = option(None, "torch threads (default: the cores not busy elsewhere)", gt=0)
 

@@ -9,13 +9,15 @@ sequence is the head's output at its last real token, the EOS:
     score                                                       ^ read here
 
 (N detail: read at the EOS, never at a pad.) With `pooling="sum"` the score is instead the
-sum of the head's outputs at every attended token, r = Σ_t w·h_t + b: a reward that adds
+sum of the head's outputs at every attended token, r = Σ_t (w·h_t + b): a reward that adds
 up over the text, as lexicon scores like VADER do (each token's part depends only on the
 tokens before it, so a shared prompt adds the same amount to every response to it and
 cancels in a comparison). The choice lives in `model.config.rlhfkit_pooling`; tools that
-read only the last token (transformers' own `logits`) see the "last" score. The statistics of the scores on reference
-responses (`set_score_stats`) live in `model.config`, so they save with the model and PPO
-can normalise rewards to mean 0, std 1 (N+ detail).
+read only the last token (transformers' own `logits`) see the "last" score.
+
+The statistics of the scores on reference responses (`set_score_stats`) live in
+`model.config`, so they save with the model and PPO can normalise rewards to mean 0,
+std 1 (N+ detail).
 """
 
 from __future__ import annotations
