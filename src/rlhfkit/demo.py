@@ -324,7 +324,8 @@ def run_rl(configs: list, out: Path) -> None:
     # above because of it (exit < 0, the signal)
     failed = sorted((run for run in runs if run[1].exitcode != 0),
                     key=lambda run: run[1].exitcode < 0)
-    for cfg, proc, output in failed[:1]:
+    if failed:
+        cfg, proc, output = failed[0]
         tail = output.read_text(errors="replace").splitlines()[-15:]
         raise RlhfkitError(f"the RL run in '{cfg.out}' failed (exit {proc.exitcode}); the "
                            f"end of its output ({output}):\n" + "\n".join(tail))
