@@ -126,6 +126,39 @@ def test_tiny_models_save_and_load_with_plain_transformers(model_dir):
     torch.testing.assert_close(ours.eval()(ids).logits, plain.eval()(ids).logits)
 
 
+def test_attention_runs_in_float32_under_cpu_bf16_autocast_and_is_not_saved(model_dir,
+                                                                            tmp_path):
+    """Loaded models swap SDPA for `sdpa_fp32_on_cpu`: bit-equal in float32 (on a left-padded
+    batch, so the attention mask must reach it), float32 attention under bf16 autocast on
+    CPU; a saved model keeps plain SDPA."""
+    from rlhfkit.models.trunk import FP32_ATTENTION, fuse_activations, sdpa_fp32_on_cpu
+    ours, tokenizer = load_policy(model_dir, dtype="float32")
+    # the same GELU kernel on both sides, so that attention is the only difference
+    plain = fuse_activations(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
+    assert (ours.config._attn_implementation, plain.config._attn_implementation) == (
+        FP32_ATTENTION, "sdpa")
+    ids, mask = make_batch(some_sequences(3, len(tokenizer)), "left", tokenizer.pad_token_id)
+    real = mask.bool()
+    with torch.no_grad():
+        logits = ours.eval()(ids, attention_mask=mask).logits
+        assert torch.equal(logits[real], plain.eval()(ids, attention_mask=mask).logits[real])
+    ours.save_pretrained(tmp_path)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config._attn_implementation == "sdpa"
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 8, dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    module = ours.base_model.layers[0].self_attn if hasattr(ours.base_model, "layers") else \
+        ours.base_model.h[0].attn
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = sdpa_fp32_on_cpu(module, q, k, v, None, is_causal=True)
+    exact = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), is_causal=True).transpose(1, 2)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, exact.to(torch.bfloat16))
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad).all()
+
+
 def test_build_tiny_model_is_reproducible(tiny_corpus, tmp_path, tiny_gpt2_dir):
     again = build_tiny_model("gpt2", "tiny", tiny_corpus, tmp_path, seed=0)
     a = AutoModelForCausalLM.from_pretrained(again).state_dict()
