@@ -257,3 +257,35 @@ def test_commands_are_registered_with_valid_configs():
         assert callable(by_name[name].runner())
     assert init_model.ARCH_CHOICES == ARCHS
     assert init_model.SIZE_CHOICES == tuple(SIZES)
+
+
+# ---------------------------------------------------------------------------- gradient norm
+
+def _grads(*values):
+    params = [torch.nn.Parameter(torch.zeros(len(v))) for v in values]
+    for p, v in zip(params, values):
+        p.grad = torch.tensor(v)
+    return params
+
+
+def test_clip_grad_norm_by_hand_and_as_torch_clips():
+    from rlhfkit.recipes.common import clip_grad_norm
+    params = _grads([3.0, 0.0], [0.0, 4.0, 0.0])          # total norm sqrt(9 + 16) = 5
+    params.append(torch.nn.Parameter(torch.ones(2)))        # no gradient: left out
+    assert float(clip_grad_norm(params, None)) == pytest.approx(5.0)
+    assert params[0].grad.tolist() == [3.0, 0.0]            # max_norm None: not clipped
+    assert float(clip_grad_norm(params, 1.0)) == pytest.approx(5.0)  # the norm before clipping
+    assert params[0].grad.tolist() == pytest.approx([0.6, 0.0], abs=1e-6)
+    assert params[1].grad.tolist() == pytest.approx([0.0, 0.8, 0.0], abs=1e-6)
+    ours, theirs = _grads([1.0, -2.0], [0.5]), _grads([1.0, -2.0], [0.5])
+    assert float(clip_grad_norm(ours, 10.0)) == pytest.approx(
+        float(torch.nn.utils.clip_grad_norm_(theirs, 10.0)))
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, theirs))  # under max_norm
+
+
+def test_clip_grad_norm_leaves_nonfinite_gradients_as_they_were():
+    from rlhfkit.recipes.common import clip_grad_norm, nonfinite_grad
+    params = _grads([3.0, float("nan")], [4.0])
+    assert not torch.isfinite(clip_grad_norm(params, 1.0))
+    assert params[1].grad.tolist() == [4.0]                 # not multiplied by NaN
+    assert nonfinite_grad([("a", params[0]), ("b", params[1])]) == "a"

@@ -197,14 +197,21 @@ def clip_grad_norm(parameters, max_norm: float | None) -> torch.Tensor:
         return torch.zeros(())
     device = grads[0].device
 
-    def norm(g):  # a sharded (FSDP) gradient's norm is reduced over its shards
-        n = torch.linalg.vector_norm(g.detach(), 2.0)
-        return (n.full_tensor() if distributed.is_sharded(n) else n).to(device)
-    total = torch.linalg.vector_norm(torch.stack([norm(g) for g in grads]), 2.0)
+    grads = [g.detach() for g in grads]
+    sharded = any(distributed.is_sharded(g) for g in grads)
+    if sharded:  # a sharded (FSDP) gradient's norm is reduced over its shards
+        norms = [torch.linalg.vector_norm(g, 2.0) for g in grads]
+        norms = [(n.full_tensor() if distributed.is_sharded(n) else n).to(device) for n in norms]
+    else:  # one kernel over all gradients (one call per tensor was 2 % of a tiny model's step)
+        norms = torch._foreach_norm(grads, 2.0)
+    total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
     if max_norm is not None and bool(torch.isfinite(total)):
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        for g in grads:
-            g.detach().mul_(float(coef) if distributed.is_sharded(g) else coef.to(g.device))
+        if sharded:
+            for g in grads:
+                g.mul_(float(coef) if distributed.is_sharded(g) else coef.to(g.device))
+        else:
+            torch._foreach_mul_(grads, coef)
     return total
 
 
