@@ -417,10 +417,22 @@ def agreement(gold_a, gold_b, a, b) -> float:
     return round(sum(kept) / max(len(kept), 1), 4)
 
 
+EVAL_RESPONSES = 8  # samples per held-out prompt in the reward-model check: 28 pairs each
+
+
+def same_prompt_pairs(n: int, k: int) -> list[tuple[int, int]]:
+    """All k(k-1)/2 pairs of the k samples of each of n prompts, as row indices of a batch
+    that holds the prompts k times over (sample j of prompt i in row j * n + i)."""
+    return [(i + a * n, i + b * n) for i in range(n)
+            for a, b in itertools.combinations(range(k), 2)]
+
+
 def reward_model_check(task, out: Path, prompts: list[str], sft, tok, sizes: Sizes, seed: int,
                        bias: str) -> dict:
-    """How well the reward model orders held-out response pairs as the gold score does:
-    two responses for each prompt, four times over (about a thousand pairs), against
+    """How well the reward model orders held-out response pairs as the gold score does, on
+    every pair of `EVAL_RESPONSES` SFT samples per held-out prompt (256 prompts: 7,168
+    pairs from 2,048 responses; the same responses as 1,024 disjoint pairs gave figures
+    that moved by about ±1 point from one draw to the next, all pairs by ±0.4). Returns
 
     - `reward_model_gold_accuracy`: the share ordered as gold (gold ties left out);
     - `labeler_gold_agreement`: the same share for the simulated labeler's own score
@@ -436,29 +448,33 @@ def reward_model_check(task, out: Path, prompts: list[str], sft, tok, sizes: Siz
     from rlhfkit.tasks.sentiment import Labeler
     rm, rm_tok = load_reward_model(out / "reward" / "model")
     rm.eval()
-    prompts = prompts * 4
+    n = len(prompts)
+    prompts = prompts * EVAL_RESPONSES  # sample j of held-out prompt i is row j * n + i
     gen = torch.Generator().manual_seed(seed + 7)
     sampling = Sampling(sizes.max_new_tokens, temperature=1.0)
-    a, _ = generate_texts(sft, tok, prompts, sampling, gen)
-    b, _ = generate_texts(sft, tok, prompts, sampling, gen)
-
-    def scores(responses):
-        rows = [p + r for p, r in zip(encode_prompts(prompts, rm_tok),
-                                      encode_responses(responses, rm_tok))]
-        batch = collate_prompts(rows, rm_tok.pad_token_id)
-        return score_sequences(rm, batch["input_ids"], batch["attention_mask"]).tolist()
+    responses, _ = generate_texts(sft, tok, prompts, sampling, gen, batch_size=1024)
+    rows = [p + r for p, r in zip(encode_prompts(prompts, rm_tok),
+                                  encode_responses(responses, rm_tok))]
+    batches = [collate_prompts(rows[i:i + 512], rm_tok.pad_token_id)
+               for i in range(0, len(rows), 512)]
     with torch.no_grad():
-        rm_a, rm_b = scores(a), scores(b)
-    gold_a, gold_b = task.eval_fn(prompts, a), task.eval_fn(prompts, b)
+        rm_score = [s for b in batches
+                    for s in score_sequences(rm, b["input_ids"], b["attention_mask"]).tolist()]
+    gold = task.eval_fn(prompts, responses)
     labeler = Labeler(bias=bias)
-    label_a, label_b = ([labeler.score(p, r) for p, r in zip(prompts, rs)] for rs in (a, b))
+    label = [labeler.score(p, r) for p, r in zip(prompts, responses)]
+    pairs = same_prompt_pairs(n, EVAL_RESPONSES)
+
+    def accuracy(score, picked=pairs):
+        first, second = zip(*picked) if picked else ((), ())
+        return agreement([gold[i] for i in first], [gold[i] for i in second],
+                         [score[i] for i in first], [score[i] for i in second])
     by_gap = {}
     for lo, hi in zip(GOLD_GAPS, GOLD_GAPS[1:] + (math.inf,)):
-        rows = [i for i, (ga, gb) in enumerate(zip(gold_a, gold_b)) if lo <= abs(ga - gb) < hi]
-        pick = [[xs[i] for i in rows] for xs in (gold_a, gold_b, rm_a, rm_b)]
-        by_gap[f"{lo}-{hi}"] = {"accuracy": agreement(*pick), "pairs": len(rows)}
-    return {"reward_model_gold_accuracy": agreement(gold_a, gold_b, rm_a, rm_b),
-            "labeler_gold_agreement": agreement(gold_a, gold_b, label_a, label_b),
+        picked = [(a, b) for a, b in pairs if lo <= abs(gold[a] - gold[b]) < hi]
+        by_gap[f"{lo}-{hi}"] = {"accuracy": accuracy(rm_score, picked), "pairs": len(picked)}
+    return {"reward_model_gold_accuracy": accuracy(rm_score),
+            "labeler_gold_agreement": accuracy(label),
             "reward_model_gold_accuracy_by_gap": by_gap}
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rlhfkit.config import load_config
-from rlhfkit.demo import DemoConfig, agreement, main
+from rlhfkit.demo import DemoConfig, agreement, main, same_prompt_pairs
 
 
 def test_fast_sentiment_demo_writes_every_stage_and_the_report(tmp_path):
@@ -50,6 +50,13 @@ def test_agreement_counts_pairs_ordered_as_gold_by_hand():
     # pair 3 is a gold tie (left out); 1 and 2 agree, 4 disagrees, 5 ties in the scores
     assert agreement(gold_a, gold_b, [2, 0, 7, 0, 1], [1, 3, 0, 5, 1]) == 0.5
     assert agreement([0.2], [0.2], [1], [0]) == 0.0  # nothing left to count
+
+
+def test_reward_model_check_pairs_only_samples_of_one_prompt():
+    prompts = ["a", "b", "c"] * 4  # 3 prompts, 4 samples each, as the check lays them out
+    pairs = same_prompt_pairs(3, 4)
+    assert len(pairs) == len(set(pairs)) == 3 * 6
+    assert all(a != b and prompts[a] == prompts[b] for a, b in pairs)
 
 
 def test_demo_refuses_an_occupied_folder_and_an_unknown_task(tmp_path):
