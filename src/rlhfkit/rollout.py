@@ -8,9 +8,11 @@ row b is its left-padded prompt followed by its right-padded response:
     mask       0     0    1   1   1  | 1   1   1   1    0
     logits                        ^-- position P−1 predicts a0; position P+t−1 predicts a_t
 
-so the logits, log-probs and values of response token t are read at position P−1+t: the
-last T+1 positions of the input, minus the very last (`logits_to_keep=T+1`, then `[:, :-1]`).
-Getting this one-position shift wrong is the classic off-by-one of RLHF code; the tests pin it.
+so the logits, log-probs and values of response token t are read at position P−1+t. The
+last position (the last response token) predicts nothing that is scored, and causal
+attention keeps it from changing any earlier position, so the models run on the input
+without its last column and keep their last T positions (`logits_to_keep=T`). Getting this
+one-position shift wrong is the classic off-by-one of RLHF code; the tests pin it.
 """
 
 from __future__ import annotations
@@ -87,31 +89,37 @@ def select(rollout: Rollout, rows: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
+def _scored_input(prompt_ids, prompt_mask, response_ids, response_mask):
+    """Prompt + response without the response's last token, and its mask: (b, P + T − 1).
+    Its last T positions are the ones that predicted the T response tokens."""
+    if response_ids.shape[1] < 1:  # logits_to_keep=0 would mean every position
+        raise ValueError("response_ids: expected at least one response token per row")
+    return (torch.cat([prompt_ids, response_ids[:, :-1]], 1),
+            torch.cat([prompt_mask, response_mask[:, :-1]], 1))
+
+
 def response_forward(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                      response_ids: torch.Tensor, response_mask: torch.Tensor,
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits that predicted each response token, and values V(s_t) when the model carries a
-    value head. Shapes: prompt (b, P), response (b, T) -> logits (b, T, V), values (b, T)."""
-    ids = torch.cat([prompt_ids, response_ids], 1)
-    mask = torch.cat([prompt_mask, response_mask], 1)
+    value head. Shapes: prompt (b, P), response (b, T >= 1) -> logits (b, T, V), values (b, T)."""
+    ids, mask = _scored_input(prompt_ids, prompt_mask, response_ids, response_mask)
     t = response_ids.shape[1]
     positions = position_ids_from_mask(mask)
     if isinstance(model, PolicyWithValueHead):
-        logits, values = model(ids, mask, positions, logits_to_keep=t + 1)
-        return logits[:, :-1], values[:, -(t + 1):-1]
+        logits, values = model(ids, mask, positions, logits_to_keep=t)
+        return logits, values[:, -t:]
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                logits_to_keep=t + 1)
-    return out.logits[:, :-1], None
+                logits_to_keep=t)
+    return out.logits, None
 
 
 def critic_values(critic: ValueModel, prompt_ids, prompt_mask, response_ids, response_mask):
     """V(s_t) from a separate critic, aligned with the response tokens: (b, T). The value
-    of response token t is read where its logits are (position P−1+t): the last T+1
-    positions minus the very last, and the head runs on those alone."""
-    t = response_ids.shape[1]
-    values = critic.values(torch.cat([prompt_ids, response_ids], 1),
-                           torch.cat([prompt_mask, response_mask], 1), last=t + 1)
-    return values[:, :-1]
+    of response token t is read where its logits are (position P−1+t): the last T positions
+    of the same input as `response_forward`'s, and the head runs on those alone."""
+    ids, mask = _scored_input(prompt_ids, prompt_mask, response_ids, response_mask)
+    return critic.values(ids, mask, last=response_ids.shape[1])
 
 
 @torch.no_grad()

@@ -136,9 +136,9 @@ def test_entropy_uniform_is_log_v_and_matches_definition():
 
 
 def test_logged_entropy_has_no_graph_and_the_same_values():
-    """entropy_grad=False (no entropy bonus: the entropy is only logged) takes π from
-    exp(z/τ − logsumexp) instead of softmax: the same numbers, no graph; the log-probs keep
-    theirs. Under no_grad both ways agree too."""
+    """entropy_grad=False (no entropy bonus: the entropy is only logged) goes through the
+    fused function with its written-out backward: the same numbers, no graph through H; the
+    log-probs keep theirs, equal to the last bit. Under no_grad both ways agree too."""
     g = torch.Generator().manual_seed(2)
     logits = (torch.randn(3, 4, 50, generator=g) * 4).requires_grad_()
     tokens = torch.randint(0, 50, (3, 4), generator=g)
@@ -150,6 +150,29 @@ def test_logged_entropy_has_no_graph_and_the_same_values():
     assert torch.allclose(h_logged, -(p * p.log()).sum(-1), atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(logprobs_and_entropy(logits, tokens, 0.7)[1], h, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_logprob_gradient_is_autograds(temperature):
+    """The written-out backward, (1[v = a] − π_v) / τ times the incoming gradient, equals
+    autograd's through log_softmax and gather, repeated tokens and zero weights (masked
+    positions) included; bf16 logits get a bf16 gradient."""
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(2, 5, 40, generator=g) * 3).requires_grad_()
+    tokens = torch.randint(0, 40, (2, 5), generator=g)
+    tokens[1] = tokens[0]
+    weights = torch.randn(2, 5, generator=g)
+    weights[:, -2:] = 0
+    lp, _ = logprobs_and_entropy(logits, tokens, temperature, entropy_grad=False)
+    (fused,) = torch.autograd.grad((lp * weights).sum(), logits)
+    reference = torch.log_softmax(logits / temperature, -1).gather(-1, tokens[..., None])[..., 0]
+    (expected,) = torch.autograd.grad((reference * weights).sum(), logits)
+    assert torch.allclose(fused, expected, atol=1e-6)
+    assert fused[:, -2:].abs().max() == 0
+    half = logits.detach().bfloat16().requires_grad_()
+    lp, _ = logprobs_and_entropy(half, tokens, temperature, with_entropy=False)
+    lp.sum().backward()
+    assert half.grad.dtype == torch.bfloat16 and lp.dtype == torch.float32
 
 
 def test_logprob_bad_input():
@@ -211,3 +234,24 @@ def test_fixed_controller_never_moves():
     assert ctl.value == 0.05
     with pytest.raises(ValueError, match="kl_coef"):
         FixedKLController(-1)
+
+
+@pytest.mark.parametrize("entropy_grad", [True, False])
+def test_chunked_logprobs_equal_whole_batch(monkeypatch, entropy_grad):
+    """Big batches go through a few rows at a time; small ones whole. Either way the same
+    log-probs, entropies and gradients."""
+    from rlhfkit.core import logprobs as module
+    g = torch.Generator().manual_seed(4)
+    logits = (torch.randn(5, 3, 16, generator=g) * 2).requires_grad_()
+    tokens = torch.randint(0, 16, (5, 3), generator=g)
+    weights = torch.randn(5, 3, generator=g)
+
+    def run():
+        lp, h = logprobs_and_entropy(logits, tokens, 0.7, entropy_grad=entropy_grad)
+        (grad,) = torch.autograd.grad((lp * weights).sum() + h.sum() * entropy_grad, logits)
+        return lp.detach(), h.detach(), grad
+
+    whole = run()
+    monkeypatch.setattr(module, "CHUNK_ELEMENTS", 2 * 3 * 16)  # chunks of 2, 2 and 1 rows
+    for a, b in zip(whole, run()):
+        assert torch.allclose(a, b, atol=1e-6)

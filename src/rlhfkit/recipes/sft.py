@@ -347,12 +347,16 @@ def completion_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]
     that are loss targets (completion tokens and the final EOS).
 
     Shapes: input_ids, attention_mask, position_ids, loss_mask (B, L) -> (B, L-1), (B, L-1).
-    The logits at position t predict token t+1, so targets and mask are shifted by one.
+    The logits at position t predict token t+1, so targets and mask are shifted by one. The
+    last position predicts nothing, and causal attention keeps it from changing the others,
+    so the model runs without it.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], use_cache=False).logits   # (B, L, V)
+    mask = batch["attention_mask"]  # None for packed rows (position ids restart instead)
+    logits = model(input_ids=batch["input_ids"][:, :-1],
+                   attention_mask=None if mask is None else mask[:, :-1],
+                   position_ids=batch["position_ids"][:, :-1], use_cache=False).logits  # (B, L-1, V)
     targets = batch["input_ids"][:, 1:]                                         # (B, L-1)
-    logprobs = logprobs_from_logits(logits[:, :-1], targets, temperature=1.0)   # (B, L-1)
+    logprobs = logprobs_from_logits(logits, targets, temperature=1.0)           # (B, L-1)
     return logprobs, batch["loss_mask"][:, 1:]
 
 
