@@ -136,9 +136,9 @@ def test_entropy_uniform_is_log_v_and_matches_definition():
 
 
 def test_logged_entropy_has_no_graph_and_the_same_values():
-    """entropy_grad=False (no entropy bonus: the entropy is only logged) goes through the
-    fused function with its written-out backward: the same numbers, no graph through H; the
-    log-probs keep theirs, equal to the last bit. Under no_grad both ways agree too."""
+    """entropy_grad=False (no entropy bonus: the entropy is only logged): the same numbers,
+    no graph through H; the log-probs keep theirs, equal to the last bit. Under no_grad
+    both ways agree too."""
     g = torch.Generator().manual_seed(2)
     logits = (torch.randn(3, 4, 50, generator=g) * 4).requires_grad_()
     tokens = torch.randint(0, 50, (3, 4), generator=g)
@@ -153,22 +153,28 @@ def test_logged_entropy_has_no_graph_and_the_same_values():
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_fused_logprob_gradient_is_autograds(temperature):
-    """The written-out backward, (1[v = a] − π_v) / τ times the incoming gradient, equals
-    autograd's through log_softmax and gather, repeated tokens and zero weights (masked
-    positions) included; bf16 logits get a bf16 gradient."""
+def test_written_out_gradients_are_autograds(temperature):
+    """The written-out backward, (1[v = a] − π_v) / τ for log π(a) and −π_v (log π_v + H) / τ
+    for the entropy, times the incoming gradients, equals autograd's through log_softmax,
+    gather and −Σ π log π; repeated tokens and zero weights (masked positions) included;
+    bf16 logits get a bf16 gradient."""
     g = torch.Generator().manual_seed(3)
     logits = (torch.randn(2, 5, 40, generator=g) * 3).requires_grad_()
     tokens = torch.randint(0, 40, (2, 5), generator=g)
     tokens[1] = tokens[0]
-    weights = torch.randn(2, 5, generator=g)
-    weights[:, -2:] = 0
-    lp, _ = logprobs_and_entropy(logits, tokens, temperature, entropy_grad=False)
-    (fused,) = torch.autograd.grad((lp * weights).sum(), logits)
-    reference = torch.log_softmax(logits / temperature, -1).gather(-1, tokens[..., None])[..., 0]
-    (expected,) = torch.autograd.grad((reference * weights).sum(), logits)
-    assert torch.allclose(fused, expected, atol=1e-6)
-    assert fused[:, -2:].abs().max() == 0
+    weights, entropy_weights = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
+    weights[:, -2:] = entropy_weights[:, -2:] = 0
+    log_probs = torch.log_softmax(logits / temperature, -1)
+    ref_lp = log_probs.gather(-1, tokens[..., None])[..., 0]
+    ref_h = -(log_probs.exp() * log_probs).sum(-1)
+    for entropy_grad in (False, True):
+        lp, h = logprobs_and_entropy(logits, tokens, temperature, entropy_grad=entropy_grad)
+        loss = (lp * weights).sum() + (h * entropy_weights).sum() * entropy_grad
+        expected = (ref_lp * weights).sum() + (ref_h * entropy_weights).sum() * entropy_grad
+        (ours,) = torch.autograd.grad(loss, logits)
+        (theirs,) = torch.autograd.grad(expected, logits, retain_graph=True)
+        assert torch.allclose(ours, theirs, atol=1e-6), entropy_grad
+        assert ours[:, -2:].abs().max() == 0
     half = logits.detach().bfloat16().requires_grad_()
     lp, _ = logprobs_and_entropy(half, tokens, temperature, with_entropy=False)
     lp.sum().backward()

@@ -72,57 +72,62 @@ def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, temperature
     _check_logits(logits, temperature)
     _check_tokens(logits, tokens)
     tokens = tokens.long()
-    # with no gradient through the entropy, one fused function does both (a third of the
-    # time of the autograd graph below); an entropy bonus needs the graph through H
-    graph_entropy = with_entropy and entropy_grad and torch.is_grad_enabled()
+    entropy_grad = with_entropy and entropy_grad
     logprobs, entropies = [], []
     for chunk, chunk_tokens in _row_chunks(logits, tokens):
-        if not graph_entropy:
-            lp, h = _TokenLogprobs.apply(chunk, chunk_tokens, temperature, with_entropy)
-            logprobs.append(lp), entropies.append(h)
-            continue
-        log_probs = _log_softmax(chunk, temperature)                  # (b, T, V) float32
-        logprobs.append(log_probs.gather(-1, chunk_tokens.unsqueeze(-1)).squeeze(-1))
-        entropies.append(_entropy(log_probs))
+        lp, h = _TokenLogprobs.apply(chunk, chunk_tokens, temperature, with_entropy, entropy_grad)
+        logprobs.append(lp), entropies.append(h)
     cat = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts)
     return cat(logprobs), cat(entropies) if with_entropy else None
 
 
 class _TokenLogprobs(torch.autograd.Function):
-    """log π(a_t | s_t) with its gradient written out, and the entropy H_t without one:
+    """log π(a_t | s_t) and the entropy H_t, with their gradients written out:
 
         forward:  log π = log_softmax(z / τ),  π = exp(log π),
                   out = log π[a_t],  H_t = −Σ_v π_v · log π_v
         backward: ∂ out / ∂ z_v = (1[v = a_t] − π_v) / τ
+                  ∂ H_t / ∂ z_v = −π_v · (log π_v + H_t) / τ
 
-    Four passes over the (b, T, V) logits forward and one backward, where autograd through
-    `logsumexp` and `gather` takes about ten (zero-filled gradients, exp(z − lse) again,
-    the division's own backward): at (16, 32, 1024), 1.6 ms against 4.8 ms a forward and
-    backward on 2 CPU threads. Only π (b, T, V) float32 is kept for the backward, as the
-    graph kept the scaled logits. Shapes: logits (b, T, V), tokens (b, T) long ->
+    Four passes over the (b, T, V) logits forward and one to three backward, where autograd
+    through `logsumexp`, `gather` and the entropy's softmax took about ten (zero-filled
+    gradients, exp(z − lse) again, the division's own backward): at (16, 32, 1024), 1.6 ms
+    against 3.2 ms a forward and backward on 2 CPU threads. Kept for the backward: π, and
+    log π when the entropy has a gradient (b, T, V) float32 each. `entropy_grad=False`:
+    H comes without a graph (only logged). Shapes: logits (b, T, V), tokens (b, T) long ->
     ((b, T) float32, (b, T) float32 or None)."""
 
     @staticmethod
-    def forward(ctx, logits, tokens, temperature, with_entropy):
+    def forward(ctx, logits, tokens, temperature, with_entropy, entropy_grad):
         log_probs = _log_softmax(logits, temperature)                         # (b, T, V)
         out = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)          # (b, T)
         if not (with_entropy or ctx.needs_input_grad[0]):
             return out, None  # e.g. the reference model's log-probs: π is not needed
         probs = log_probs.exp()
         entropy = -torch.linalg.vecdot(probs, log_probs) if with_entropy else None
-        ctx.save_for_backward(probs, tokens)
-        ctx.temperature, ctx.dtype = temperature, logits.dtype
-        if entropy is not None:
-            ctx.mark_non_differentiable(entropy)
+        ctx.temperature, ctx.dtype, ctx.entropy_grad = temperature, logits.dtype, entropy_grad
+        if entropy_grad:
+            ctx.save_for_backward(probs, tokens, log_probs, entropy)
+        else:
+            ctx.save_for_backward(probs, tokens)
+            if entropy is not None:
+                ctx.mark_non_differentiable(entropy)
         return out, entropy
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_entropy):
-        probs, tokens = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_entropy):
+        probs, tokens, *for_entropy = ctx.saved_tensors
         scale = (grad_out / ctx.temperature).unsqueeze(-1)                    # (b, T, 1)
-        grad = probs * -scale
+        if ctx.entropy_grad and grad_entropy is not None:
+            # π · (c1 + c2 · log π), c1 = −(g_out + g_H · H) / τ, c2 = −g_H / τ
+            log_probs, entropy = for_entropy
+            c2 = (-grad_entropy / ctx.temperature).unsqueeze(-1)
+            grad = log_probs * c2
+            grad.add_(c2 * entropy.unsqueeze(-1) - scale).mul_(probs)
+        else:
+            grad = probs * -scale
         grad.scatter_add_(-1, tokens.unsqueeze(-1), scale)
-        return grad.to(ctx.dtype), None, None, None
+        return grad.to(ctx.dtype), None, None, None, None
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
@@ -152,9 +157,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float) -> torch.Tenso
 
 
 def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(z / τ) in float32: (b, T, V) -> (b, T, V). Both ways of computing the
-    log-probs go through it, so they agree to the last bit (the importance ratio is exactly
-    1 before the first update whether or not the entropy has a graph)."""
+    """log softmax(z / τ) in float32: (b, T, V) -> (b, T, V)."""
     return torch.log_softmax(logits.float() / temperature, dim=-1)
 
 
