@@ -99,7 +99,7 @@ class _TokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, tokens, temperature, with_entropy, entropy_grad):
-        log_probs = _log_softmax(logits, temperature)                         # (b, T, V)
+        log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)   # (b, T, V)
         out = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)          # (b, T)
         if not (with_entropy or ctx.needs_input_grad[0]):
             return out, None  # e.g. the reference model's log-probs: π is not needed
@@ -150,17 +150,6 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float) -> torch.Tenso
     Shapes: logits (B, T, V) -> (B, T) float32. Computed a few rows at a time, as above.
     """
     _check_logits(logits, temperature)
-    rows = []
-    for (chunk,) in _row_chunks(logits):
-        rows.append(_entropy(_log_softmax(chunk, temperature)))
-    return rows[0] if len(rows) == 1 else torch.cat(rows)
-
-
-def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(z / τ) in float32: (b, T, V) -> (b, T, V)."""
-    return torch.log_softmax(logits.float() / temperature, dim=-1)
-
-
-def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
-    """H = −Σ_v π_v · log π_v from the log-probs (b, T, V) -> (b, T), with a graph."""
-    return -(log_probs.exp() * log_probs).sum(-1)
+    # the same function as the log-probs' (any token: its log-prob is not used)
+    no_tokens = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
+    return logprobs_and_entropy(logits, no_tokens, temperature)[1]
